@@ -1,0 +1,166 @@
+"""The inode table: one Node per object the kernel knows, with FUSE lookup counts.
+
+A node's FUSE node id is also its st_ino (pyfuse3 cannot tell them apart). Where all layers
+share one filesystem it is the real inode number of the visible object (of the lower object,
+for something copied up during this mount); otherwise the real number tagged with the
+filesystem's position in its top bits. A number that is taken already gets a synthetic one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import pyfuse3
+
+ROOT_INO = pyfuse3.ROOT_INODE
+SYNTHETIC_BASE = 1 << 63
+FS_TAG_SHIFT = 56
+
+
+@dataclass(slots=True)
+class UpperDirState:
+    """What lookups need to know about a directory's upper part beyond a stat of the name."""
+
+    opaque: bool
+    oci_whiteouts: set[bytes]       # names hidden by `.wh.NAME` files in the upper dir
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    ino: int
+    parent: Node | None
+    name: bytes
+    is_dir: bool
+    layers: tuple[int, ...]         # layers holding the object, top first (one for a non-dir)
+    real_inos: tuple[int, ...]      # its real inode number in each of those layers
+    identity: tuple = ()            # key of the visible real object in NodeTable.by_identity
+    nlookup: int = 0
+    nchildren: int = 0              # live nodes naming this one as a parent: keeps it alive
+    extra_links: list[tuple[Node, bytes]] | None = None   # other names of a hard-linked file
+    upper_state: UpperDirState | None = None
+    open_files: int = 0
+    orphan_fd: int | None = None    # an fd kept on an unlinked-but-open upper file
+    copy_up_done: object = None     # a trio.Event while a copy-up is staging
+
+    @property
+    def top_layer(self) -> int:
+        return self.layers[0]
+
+    @property
+    def unlinked(self) -> bool:
+        return self.parent is None and self.ino != ROOT_INO
+
+    def links(self) -> list[tuple[Node, bytes]]:
+        if self.parent is None:
+            return list(self.extra_links or ())
+        return [(self.parent, self.name), *(self.extra_links or ())]
+
+
+@dataclass
+class NodeTable:
+    fs_tags: dict[int, int]                         # st_dev -> tag for the inode number
+    by_ino: dict[int, Node] = field(default_factory=dict)
+    by_identity: dict[tuple, Node] = field(default_factory=dict)
+    origin_ino: dict[tuple[int, int], int] = field(default_factory=dict)   # copied-up object
+    _next_synthetic: int = SYNTHETIC_BASE
+    on_drop: object = None                          # callback(node) when a node is released
+
+    def get(self, ino: int) -> Node:
+        node = self.by_ino.get(ino)
+        if node is None:
+            raise OSError(2, "stale inode", str(ino))  # ENOENT
+        return node
+
+    def choose_ino(self, dev: int, real_ino: int) -> int:
+        ino = self.origin_ino.get((dev, real_ino))
+        if ino is None:
+            tag = self.fs_tags.get(dev, 0)
+            ino = real_ino | (tag << FS_TAG_SHIFT) if real_ino < (1 << FS_TAG_SHIFT) else 0
+        if ino <= ROOT_INO or ino in self.by_ino:
+            ino = self.synthetic_ino()
+        return ino
+
+    def synthetic_ino(self) -> int:
+        while self._next_synthetic in self.by_ino:
+            self._next_synthetic += 1
+        ino = self._next_synthetic
+        self._next_synthetic += 1
+        return ino
+
+    def add(self, node: Node) -> None:
+        self.by_ino[node.ino] = node
+        self.by_identity[node.identity] = node
+        if node.parent is not None:
+            node.parent.nchildren += 1
+
+    def set_identity(self, node: Node, identity: tuple) -> None:
+        if self.by_identity.get(node.identity) is node:
+            del self.by_identity[node.identity]
+        node.identity = identity
+        self.by_identity[identity] = node
+
+    def add_link(self, node: Node, parent: Node, name: bytes) -> None:
+        if (node.parent is parent and node.name == name) or (
+                node.extra_links and (parent, name) in node.extra_links):
+            return
+        if node.parent is None:
+            node.parent, node.name = parent, name
+        else:
+            if node.extra_links is None:
+                node.extra_links = []
+            node.extra_links.append((parent, name))
+        parent.nchildren += 1
+
+    def remove_link(self, node: Node, parent: Node, name: bytes) -> None:
+        """Forget that `parent/name` names `node` (unlink, or replaced by rename)."""
+        if node.parent is parent and node.name == name:
+            if node.extra_links:
+                node.parent, node.name = node.extra_links.pop()
+            else:
+                node.parent, node.name = None, b""
+        elif node.extra_links and (parent, name) in node.extra_links:
+            node.extra_links.remove((parent, name))
+        else:
+            return
+        self._release_child(parent)
+        self._maybe_drop(node)
+
+    def move_link(self, node: Node, old: tuple[Node, bytes], new: tuple[Node, bytes]) -> None:
+        old_parent, old_name = old
+        new_parent, new_name = new
+        if node.parent is old_parent and node.name == old_name:
+            node.parent, node.name = new_parent, new_name
+        elif node.extra_links and old in node.extra_links:
+            node.extra_links[node.extra_links.index(old)] = new
+        else:
+            return
+        new_parent.nchildren += 1
+        self._release_child(old_parent)
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.by_ino.get(ino)
+        if node is None or ino == ROOT_INO:
+            return
+        node.nlookup -= count
+        self._maybe_drop(node)
+
+    def _release_child(self, parent: Node) -> None:
+        parent.nchildren -= 1
+        self._maybe_drop(parent)
+
+    def _maybe_drop(self, node: Node) -> None:
+        if node.nlookup > 0 or node.nchildren > 0 or node.open_files > 0 or node.ino == ROOT_INO:
+            return
+        if self.by_ino.get(node.ino) is not node:
+            return
+        del self.by_ino[node.ino]
+        if self.by_identity.get(node.identity) is node:
+            del self.by_identity[node.identity]
+        if self.on_drop is not None:
+            self.on_drop(node)  # type: ignore[operator]
+        if node.orphan_fd is not None:
+            os.close(node.orphan_fd)
+            node.orphan_fd = None
+        for parent, _ in node.links():
+            self._release_child(parent)

@@ -1,0 +1,246 @@
+"""The layer stack: each layer is an O_PATH fd on its root; every later access is relative
+to it. `open_stack` checks a MountOptions against the filesystem, the way kernel overlayfs
+checks its mount options, before anything is written anywhere."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+
+from .errors import MountError
+from .options import MountOptions
+
+DIR_OPEN_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+WORK_SUBDIR = "work"   # staging area inside the workdir, the name kernel overlayfs uses too
+
+TRUSTED_PREFIX = b"trusted.overlay."
+USER_PREFIX = b"user.overlay."
+
+
+@dataclass(frozen=True)
+class Layer:
+    index: int          # 0 is the top of the stack
+    path: str
+    fd: int             # O_PATH fd on the layer root
+    dev: int
+    ino: int
+    writable: bool
+
+
+@dataclass(frozen=True)
+class Stack:
+    layers: tuple[Layer, ...]       # top first: the upper (if any), then the lowers
+    upper: Layer | None
+    work_fd: int | None             # O_PATH fd on workdir/work, the copy-up staging area
+    mountpoint: str
+    single_fs: bool                 # all layers share one filesystem: real inode numbers are unique
+    forbidden: frozenset[tuple[int, int]]   # upper and work roots seen inside a lower: ELOOP
+    xattr_prefix: bytes             # namespace of the markers we write: trusted.overlay. or user.overlay.
+    volatile: bool
+
+    @property
+    def read_only(self) -> bool:
+        return self.upper is None
+
+    def close(self) -> None:
+        for layer in self.layers:
+            os.close(layer.fd)
+        if self.work_fd is not None:
+            os.close(self.work_fd)
+
+
+def _stat_dir(role: str, path: str) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(errno.ENOENT, f"{role} does not exist", path) from None
+    except PermissionError:
+        raise MountError(errno.EACCES, f"{role} is not accessible", path) from None
+    except OSError as e:
+        raise MountError(e.errno or errno.EINVAL, f"{role} cannot be used", path) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(errno.EINVAL, f"{role} is not a directory", path)
+    return st
+
+
+def _ancestor_ids(path: str) -> list[tuple[int, int]]:
+    """(dev, ino) of every proper ancestor of `path`, after resolving symlinks."""
+    ids = []
+    current = os.path.realpath(path)
+    while current != "/":
+        current = os.path.dirname(current)
+        st = os.stat(current)
+        ids.append((st.st_dev, st.st_ino))
+    return ids
+
+
+def check_environment() -> None:
+    """FUSE itself must be usable: /dev/fuse, and fusermount3 when we are not root."""
+    if not os.path.exists("/dev/fuse"):
+        raise MountError(errno.ENOENT, "FUSE device missing (is the fuse module loaded?)",
+                         "/dev/fuse")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise MountError(errno.EACCES, "no read/write access to the FUSE device", "/dev/fuse")
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        raise MountError(errno.ENOENT, "fusermount3 not found in PATH (install fuse3)",
+                         "fusermount3")
+
+
+def validate(options: MountOptions) -> set[tuple[int, int]]:
+    """Every check kernel overlayfs makes at mount time, with its errno.
+
+    Like the kernel, each layer root becomes a "trap" in turn (upper, workdir, then the lowers
+    top first); a layer that is, or lies inside, an earlier trap is refused with ELOOP. The traps
+    are returned: meeting one inside a lower layer at run time is ELOOP too."""
+    _stat_dir_mountpoint(options.mountpoint)
+    traps: dict[tuple[int, int], str] = {}
+    if options.upperdir is not None:
+        upper_st = _stat_dir("upperdir", options.upperdir)
+        upper_id = (upper_st.st_dev, upper_st.st_ino)
+        traps[upper_id] = "upperdir"
+        assert options.workdir is not None
+        _check_workdir(options, upper_st)
+        if os.path.lexists(options.workdir):
+            work_st = os.stat(options.workdir)
+            traps[(work_st.st_dev, work_st.st_ino)] = "workdir"
+    for path in options.lowerdirs:
+        st = _stat_dir("lowerdir", path)
+        ident = (st.st_dev, st.st_ino)
+        if ident in traps:
+            other = traps[ident]
+            what = "lowerdir given twice" if other == "lowerdir" else f"lowerdir is also the {other}"
+            raise MountError(errno.ELOOP, what, path)
+        for ancestor in _ancestor_ids(path):
+            if ancestor in traps:
+                raise MountError(errno.ELOOP, f"lowerdir is inside the {traps[ancestor]}", path)
+        traps[ident] = "lowerdir"
+    return set(traps)
+
+
+def _check_workdir(options: MountOptions, upper_st: os.stat_result) -> None:
+    assert options.workdir is not None and options.upperdir is not None
+    upper_id = (upper_st.st_dev, upper_st.st_ino)
+    if options.workdir_chosen and not os.path.lexists(options.workdir):
+        parent = os.path.dirname(os.path.abspath(options.workdir))
+        work_st = _stat_dir("parent of the workdir", parent)
+        work_id = None
+    else:
+        work_st = _stat_dir("workdir", options.workdir)
+        work_id = (work_st.st_dev, work_st.st_ino)
+    if work_st.st_dev != upper_st.st_dev:
+        hint = " (give --workdir on the upper's filesystem)" if options.workdir_chosen else ""
+        raise MountError(errno.EINVAL, f"workdir is not on the same filesystem as upperdir{hint}",
+                         options.workdir)
+    if work_id is None:
+        return
+    if work_id == upper_id:
+        raise MountError(errno.EINVAL, "workdir is the same directory as upperdir", options.workdir)
+    if upper_id in _ancestor_ids(options.workdir):
+        raise MountError(errno.EINVAL, "workdir is inside upperdir", options.workdir)
+    if work_id in _ancestor_ids(options.upperdir):
+        raise MountError(errno.EINVAL, "upperdir is inside workdir", options.upperdir)
+
+
+def _stat_dir_mountpoint(path: str) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(errno.ENOENT, "mountpoint does not exist", path) from None
+    except OSError as e:
+        raise MountError(e.errno or errno.EINVAL, "mountpoint cannot be used", path) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(errno.ENOTDIR, "mountpoint is not a directory", path)
+    return st
+
+
+def _open_layer(index: int, path: str, writable: bool) -> Layer:
+    fd = os.open(path, DIR_OPEN_FLAGS)
+    st = os.fstat(fd)
+    return Layer(index=index, path=os.path.abspath(path), fd=fd, dev=st.st_dev, ino=st.st_ino,
+                 writable=writable)
+
+
+def _prepare_workdir(options: MountOptions) -> int:
+    """Create workdir/work and empty it: whatever a crashed copy-up left there is garbage."""
+    assert options.workdir is not None
+    if options.workdir_chosen and not os.path.lexists(options.workdir):
+        os.mkdir(options.workdir, 0o700)
+    work_root = os.open(options.workdir, DIR_OPEN_FLAGS)
+    try:
+        try:
+            os.mkdir(WORK_SUBDIR, 0o700, dir_fd=work_root)
+        except FileExistsError:
+            pass
+        work_fd = os.open(WORK_SUBDIR, DIR_OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=work_root)
+    finally:
+        os.close(work_root)
+    empty_directory(work_fd)
+    return work_fd
+
+
+def empty_directory(dir_fd: int) -> None:
+    """Remove everything inside a directory without following symlinks."""
+    with os.scandir(_reopen_dir(dir_fd)) as entries:
+        names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for name, is_dir in names:
+        if is_dir:
+            shutil.rmtree(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+
+
+def _reopen_dir(dir_fd: int) -> int:
+    """A readable fd for an O_PATH directory fd (os.scandir closes it)."""
+    return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+
+
+def _choose_xattr_prefix(work_fd: int) -> bytes:
+    """trusted.overlay. where we may set trusted xattrs (real root), else user.overlay.,
+    which kernel overlayfs reads with -o userxattr."""
+    probe = TRUSTED_PREFIX + b"overlayfuse-probe"
+    path = b"/proc/self/fd/%d" % work_fd  # the magic link names the exact directory
+    try:
+        os.setxattr(path, probe, b"y")
+    except OSError:
+        return USER_PREFIX
+    os.removexattr(path, probe)
+    return TRUSTED_PREFIX
+
+
+def open_stack(options: MountOptions) -> Stack:
+    traps = validate(options)
+    check_environment()
+    writable = options.upperdir is not None and not options.read_only
+    opened: list[Layer] = []
+    work_fd = None
+    try:
+        if options.upperdir is not None:
+            opened.append(_open_layer(0, options.upperdir, writable=writable))
+        for path in options.lowerdirs:
+            opened.append(_open_layer(len(opened), path, writable=False))
+        if writable:
+            work_fd = _prepare_workdir(options)
+            prefix = _choose_xattr_prefix(work_fd)
+        else:
+            prefix = TRUSTED_PREFIX if os.geteuid() == 0 else USER_PREFIX
+    except OSError as e:
+        for layer in opened:
+            os.close(layer.fd)
+        raise MountError(e.errno or errno.EIO, "cannot prepare layer", e.filename) from None
+    if writable:
+        assert options.workdir is not None
+        work_st = os.stat(options.workdir)
+        traps.add((work_st.st_dev, work_st.st_ino))
+    return Stack(
+        layers=tuple(opened),
+        upper=opened[0] if writable else None,
+        work_fd=work_fd,
+        mountpoint=os.path.abspath(options.mountpoint),
+        single_fs=len({layer.dev for layer in opened}) == 1,
+        forbidden=frozenset(traps),
+        xattr_prefix=prefix,
+        volatile=options.volatile,
+    )

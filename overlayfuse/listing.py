@@ -1,0 +1,79 @@
+"""One directory of one layer, read once: its entries, what it whites out, whether it is opaque.
+
+Lower layers never change while mounted, so their listings are cached (bounded by the number
+of entries held); a lookup in a lower layer is then a dict probe, not a syscall."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .whiteout import OCI_OPAQUE_MARKER, has_opaque_xattr, is_whiteout, oci_target
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    entries: dict[bytes, int]       # visible name -> d_ino (markers and whiteouts left out)
+    dirs: frozenset[bytes]          # the entries that are directories
+    whiteouts: frozenset[bytes]     # names this layer hides in the layers below
+    opaque: bool
+    oci_markers: frozenset[bytes]   # `.wh.*` entries themselves, removed when a name is re-used
+
+
+def read_listing(dir_fd: int) -> Listing:
+    """Read the directory behind an O_PATH fd."""
+    entries: dict[bytes, int] = {}
+    dirs: set[bytes] = set()
+    whiteouts: set[bytes] = set()
+    oci_markers: set[bytes] = set()
+    opaque = False
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        with os.scandir(fd) as scan:
+            for entry in scan:
+                name = os.fsencode(entry.name)
+                if name.startswith(b".wh."):
+                    oci_markers.add(name)
+                    if name == OCI_OPAQUE_MARKER:
+                        opaque = True
+                    else:
+                        whiteouts.add(oci_target(name))  # type: ignore[arg-type]
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.add(name)
+                elif not (entry.is_file(follow_symlinks=False)
+                          or entry.is_symlink()) and is_whiteout(
+                              entry.stat(follow_symlinks=False)):
+                    whiteouts.add(name)
+                    continue
+                entries[name] = entry.inode()
+    finally:
+        os.close(fd)
+    if not opaque:
+        opaque = has_opaque_xattr(dir_fd)
+    # A `.wh.NAME` beside a real NAME in the same layer: the real entry wins.
+    whiteouts.difference_update(entries)
+    return Listing(entries, frozenset(dirs), frozenset(whiteouts), opaque, frozenset(oci_markers))
+
+
+class ListingCache:
+    """LRU of lower-layer listings keyed by (layer index, directory inode)."""
+
+    def __init__(self, max_entries: int = 2_000_000) -> None:
+        self._max_entries = max_entries
+        self._held = 0
+        self._cache: OrderedDict[tuple[int, int], Listing] = OrderedDict()
+
+    def get(self, key: tuple[int, int]) -> Listing | None:
+        listing = self._cache.get(key)
+        if listing is not None:
+            self._cache.move_to_end(key)
+        return listing
+
+    def put(self, key: tuple[int, int], listing: Listing) -> None:
+        self._cache[key] = listing
+        self._held += len(listing.entries) + 1
+        while self._held > self._max_entries and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._held -= len(old.entries) + 1

@@ -1,0 +1,286 @@
+"""Command-line and `-o` option parsing into one immutable MountOptions.
+
+Two forms are accepted:
+
+    overlayfuse [--workdir W] LOWER[:LOWER...] UPPER MERGED
+    overlayfuse [-f] [-d] -o lowerdir=A:B[,upperdir=U,workdir=W][,...] [SOURCE] MERGED
+
+Only syntax is checked here; what the paths point at is checked by `stack.open_stack`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+from dataclasses import dataclass, field
+
+from . import __version__
+from .errors import MountError, UsageError
+
+# Options handed to libfuse unchanged (mount flags and FUSE mount options it accepts).
+FUSE_FLAG_OPTIONS = frozenset({
+    "allow_other", "allow_root", "auto_unmount", "default_permissions",
+    "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec",
+    "async", "sync", "dirsync", "atime", "noatime", "diratime", "nodiratime",
+    "relatime", "norelatime", "strictatime", "lazytime", "nolazytime",
+})
+FUSE_VALUE_OPTIONS = frozenset({"fsname", "subtype"})
+
+# Options that mount(8)/mount.fuse3 or podman may pass and that need no action from us.
+SILENT_OPTIONS = frozenset({"defaults", "nofail", "_netdev", "user", "users", "nouser",
+                            "noauto", "auto", "private"})
+
+
+@dataclass(frozen=True)
+class IdMapping:
+    """One `container:host:size` range of uidmapping=/gidmapping=."""
+
+    container: int
+    host: int
+    size: int
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    lowerdirs: tuple[str, ...]
+    upperdir: str | None
+    workdir: str | None
+    mountpoint: str
+    source: str = "overlayfuse"        # mount(8)'s SOURCE, shown as the fsname
+    workdir_chosen: bool = False       # True when the workdir was picked for the short form
+    foreground: bool = False
+    debug: bool = False
+    log_file: str | None = None
+    fuse_options: frozenset[str] = frozenset()
+    read_only: bool = False
+    volatile: bool = False             # skip fsync, as podman's `volatile`
+    timeout: float = 3600.0            # kernel entry/attr cache lifetime, seconds
+    uidmapping: tuple[IdMapping, ...] = ()
+    gidmapping: tuple[IdMapping, ...] = ()
+    squash_to_uid: int | None = None
+    squash_to_gid: int | None = None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def split_escaped(text: str, sep: str) -> list[str]:
+    r"""Split on `sep`, honouring backslash escapes (`\:`, `\,`, `\\`)."""
+    items: list[str] = []
+    current: list[str] = []
+    chars = iter(text)
+    for ch in chars:
+        if ch == "\\":
+            current.append(next(chars, "\\"))
+        elif ch == sep:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    items.append("".join(current))
+    return items
+
+
+def unescape(text: str) -> str:
+    r"""Drop the backslash of each `\X` escape."""
+    return split_escaped(text, "\0")[0]
+
+
+def split_option_string(text: str) -> list[str]:
+    """Split an `-o` string on commas, keeping backslash escapes for the path splitter."""
+    items: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for ch in text:
+        if escaped:
+            if ch != ",":
+                current.append("\\")
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if escaped:
+        current.append("\\")
+    items.append("".join(current))
+    return [item for item in items if item]
+
+
+def parse_layer_list(text: str) -> tuple[str, ...]:
+    dirs = tuple(split_escaped(text, ":"))
+    if any(not d for d in dirs):
+        raise UsageError(f"empty path in layer list '{text}'")
+    return dirs
+
+
+def parse_id_mappings(name: str, text: str) -> tuple[IdMapping, ...]:
+    fields = [f for f in text.split(":") if f != ""]
+    if not fields or len(fields) % 3:
+        raise UsageError(f"{name}: expected container:host:size triples, got '{text}'")
+    try:
+        numbers = [int(f) for f in fields]
+    except ValueError:
+        raise UsageError(f"{name}: not a number in '{text}'") from None
+    if any(n < 0 for n in numbers):
+        raise UsageError(f"{name}: negative id in '{text}'")
+    mappings = tuple(IdMapping(*numbers[i:i + 3]) for i in range(0, len(numbers), 3))
+    if any(m.size == 0 for m in mappings):
+        raise UsageError(f"{name}: zero-sized range in '{text}'")
+    return mappings
+
+
+def parse_id(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{name}: not a number: '{text}'") from None
+    if value < 0:
+        raise UsageError(f"{name}: negative id: '{text}'")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="overlayfuse",
+        description="Userspace overlay filesystem: merge read-only lower directories and one "
+                    "writable upper directory into one view, like kernel overlayfs.",
+        epilog="Short form: overlayfuse LOWER[:LOWER...] UPPER MERGED (or LOWER[:LOWER...] MERGED "
+               "for a read-only view). Mount form: overlayfuse -o lowerdir=A:B,upperdir=U,"
+               "workdir=W [SOURCE] MERGED. See docs/usage.md.",
+    )
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help="LOWERS UPPER MERGED, or [SOURCE] MERGED with -o lowerdir=")
+    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                        help="comma-separated mount options (lowerdir=, upperdir=, workdir=, "
+                             "FUSE options such as allow_other, ro)")
+    parser.add_argument("-f", "--foreground", action="store_true",
+                        help="stay in the foreground and log to stderr")
+    parser.add_argument("-d", "--debug", action="store_true",
+                        help="log every request (implies --foreground unless --log-file is given)")
+    parser.add_argument("--workdir", help="work directory for the short form (same filesystem "
+                                          "as UPPER, outside every layer)")
+    parser.add_argument("--log-file", help="log to this file instead of syslog")
+    parser.add_argument("--version", action="version", version=f"overlayfuse {__version__}")
+    return parser
+
+
+def default_workdir(upperdir: str) -> str:
+    """Where the short form keeps its workdir: a hidden sibling of UPPER (same filesystem,
+    outside every layer)."""
+    upper = os.path.abspath(upperdir)
+    parent, name = os.path.split(upper.rstrip("/") or "/")
+    return os.path.join(parent, f".{name}.overlayfuse-work")
+
+
+def parse_args(argv: list[str]) -> MountOptions:
+    args = build_parser().parse_args(argv)
+    settings: dict[str, object] = {}
+    fuse_options: set[str] = set()
+    warnings: list[str] = []
+    for option_string in args.options:
+        for item in split_option_string(option_string):
+            _apply_option(item, settings, fuse_options, warnings)
+
+    paths: list[str] = args.paths
+    workdir_chosen = False
+    if "lowerdir" in settings:
+        if args.workdir is not None:
+            settings.setdefault("workdir", args.workdir)
+        if len(paths) not in (1, 2):
+            raise UsageError("with -o lowerdir=, give [SOURCE] MERGED")
+        mountpoint = paths[-1]
+        if len(paths) == 2:
+            settings["source"] = paths[0]
+        if "upperdir" in settings and "workdir" not in settings:
+            raise MountError(errno.EINVAL, "upperdir given without workdir")
+    else:
+        if len(paths) == 3:
+            settings["lowerdir"] = parse_layer_list(paths[0])
+            settings["upperdir"] = paths[1]
+            if args.workdir is not None:
+                settings["workdir"] = args.workdir
+            else:
+                settings["workdir"] = default_workdir(paths[1])
+                workdir_chosen = True
+            mountpoint = paths[2]
+        elif len(paths) == 2:
+            settings["lowerdir"] = parse_layer_list(paths[0])
+            mountpoint = paths[1]
+        elif not paths:
+            raise MountError(errno.EINVAL, "no lowerdir given (use LOWER UPPER MERGED or "
+                                           "-o lowerdir=...)")
+        else:
+            raise UsageError("expected LOWER[:LOWER...] UPPER MERGED")
+    if "upperdir" not in settings and "workdir" in settings:
+        warnings.append("workdir given without upperdir: ignored, the mount is read-only")
+        settings.pop("workdir")
+
+    if "ro" in fuse_options:
+        settings["read_only"] = True
+    fuse_options.discard("rw")
+    debug = bool(args.debug)
+    return MountOptions(
+        lowerdirs=settings["lowerdir"],  # type: ignore[arg-type]
+        upperdir=settings.get("upperdir"),  # type: ignore[arg-type]
+        workdir=settings.get("workdir"),  # type: ignore[arg-type]
+        mountpoint=mountpoint,
+        source=settings.get("source", "overlayfuse"),  # type: ignore[arg-type]
+        workdir_chosen=workdir_chosen,
+        foreground=bool(args.foreground) or (debug and args.log_file is None),
+        debug=debug,
+        log_file=args.log_file,
+        fuse_options=frozenset(fuse_options),
+        read_only=bool(settings.get("read_only", False)),
+        volatile=bool(settings.get("volatile", False)),
+        timeout=settings.get("timeout", 3600.0),  # type: ignore[arg-type]
+        uidmapping=settings.get("uidmapping", ()),  # type: ignore[arg-type]
+        gidmapping=settings.get("gidmapping", ()),  # type: ignore[arg-type]
+        squash_to_uid=settings.get("squash_to_uid"),  # type: ignore[arg-type]
+        squash_to_gid=settings.get("squash_to_gid"),  # type: ignore[arg-type]
+        warnings=tuple(warnings),
+    )
+
+
+def _apply_option(item: str, settings: dict[str, object], fuse_options: set[str],
+                  warnings: list[str]) -> None:
+    key, has_value, value = item.partition("=")
+    if key == "lowerdir" and has_value:
+        if not value:
+            raise MountError(errno.EINVAL, "lowerdir= is empty")
+        settings["lowerdir"] = parse_layer_list(value)
+    elif key in ("upperdir", "workdir") and has_value:
+        if not value:
+            raise MountError(errno.EINVAL, f"{key}= is empty")
+        settings[key] = unescape(value)
+    elif key in ("uidmapping", "gidmapping") and has_value:
+        settings[key] = parse_id_mappings(key, value)
+    elif key in ("squash_to_uid", "squash_to_gid") and has_value:
+        settings[key] = parse_id(key, value)
+    elif key == "squash_to_root" and not has_value:
+        settings["squash_to_uid"] = 0
+        settings["squash_to_gid"] = 0
+    elif key == "timeout" and has_value:
+        try:
+            settings["timeout"] = float(value)
+        except ValueError:
+            raise UsageError(f"timeout: not a number: '{value}'") from None
+        if not settings["timeout"] >= 0:  # also rejects nan
+            raise UsageError(f"timeout: must be >= 0: '{value}'")
+    elif key == "volatile" and not has_value:
+        settings["volatile"] = True
+    elif key in FUSE_FLAG_OPTIONS and not has_value:
+        fuse_options.add(key)
+    elif key in FUSE_VALUE_OPTIONS and has_value:
+        fuse_options.add(item)
+    elif key in SILENT_OPTIONS and not has_value:
+        pass
+    else:
+        warnings.append(f"ignoring unknown option '{item}'")

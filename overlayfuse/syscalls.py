@@ -1,0 +1,24 @@
+"""Linux calls the os module lacks, through libc."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+RENAME_WHITEOUT = 1 << 2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                       ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+
+def renameat2(old_dir_fd: int, old_name: bytes, new_dir_fd: int, new_name: bytes,
+              flags: int = 0) -> None:
+    if _renameat2(old_dir_fd, old_name, new_dir_fd, new_name, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), old_name)

@@ -1,0 +1,264 @@
+"""The merged tree: name resolution across layers, merged listings, per-layer directory fds.
+
+This is the hot path. Lower layers never change while mounted, so a lookup in a lower layer
+is a probe of a cached listing; only the upper layer and the visible object cost a syscall.
+Every path is reached one component at a time from a layer root fd, with O_NOFOLLOW, so a
+symlink in a layer never leads outside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .inodes import ROOT_INO, Node, NodeTable, UpperDirState
+from .layers import Stack
+from .listing import Listing, ListingCache, read_listing
+from .whiteout import OCI_OPAQUE_MARKER, has_opaque_xattr, is_whiteout, oci_target
+
+DIR_FD_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+UPPER = 0   # index of the upper layer when the mount is writable
+
+
+@dataclass(slots=True)
+class Found:
+    """Where a name resolves: the layers holding it (top first) and the top object's stat."""
+
+    layers: tuple[int, ...]
+    real_inos: tuple[int, ...]
+    st: os.stat_result
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.st.st_mode)
+
+
+class Tree:
+    def __init__(self, stack: Stack, max_dir_fds: int = 4096,
+                 max_listing_entries: int = 2_000_000) -> None:
+        self.stack = stack
+        self.writable = stack.upper is not None
+        tags: dict[int, int] = {}
+        for layer in stack.layers:
+            tags.setdefault(layer.dev, 0 if stack.single_fs else len(tags))
+        self.table = NodeTable(fs_tags=tags, on_drop=self._on_drop)
+        self.listings = ListingCache(max_listing_entries)
+        self._fds: OrderedDict[tuple[Node, int], int] = OrderedDict()
+        self._max_fds = max_dir_fds
+        self.root = Node(ino=ROOT_INO, parent=None, name=b"", is_dir=True,
+                         layers=tuple(layer.index for layer in stack.layers),
+                         real_inos=tuple(layer.ino for layer in stack.layers),
+                         identity=("root",), nlookup=1)
+        self.table.add(self.root)
+
+    # ---- directory fds -------------------------------------------------------------------
+
+    def dir_fd(self, node: Node, layer: int) -> int:
+        """An O_PATH fd on `node`'s directory in `layer` (valid until the next dir_fd call
+        that has to open something, so never hold one across an await)."""
+        if node is self.root:
+            return self.stack.layers[layer].fd
+        key = (node, layer)
+        fd = self._fds.get(key)
+        if fd is not None:
+            self._fds.move_to_end(key)
+            return fd
+        if node.parent is None:
+            raise OSError(errno.ENOENT, "directory was removed")
+        parent_fd = self.dir_fd(node.parent, layer)
+        fd = os.open(node.name, DIR_FD_FLAGS, dir_fd=parent_fd)
+        self._fds[key] = fd
+        if len(self._fds) > self._max_fds:
+            _, old = self._fds.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def forget_dir_fd(self, node: Node, layer: int) -> None:
+        fd = self._fds.pop((node, layer), None)
+        if fd is not None:
+            os.close(fd)
+
+    def _on_drop(self, node: Node) -> None:
+        if node.is_dir:
+            for layer in node.layers:
+                self.forget_dir_fd(node, layer)
+
+    def parent_fd(self, node: Node) -> int:
+        """An O_PATH fd on the directory holding a non-directory `node` in its top layer."""
+        if node.parent is None:
+            raise OSError(errno.ENOENT, "file was removed")
+        return self.dir_fd(node.parent, node.top_layer)
+
+    # ---- listings ------------------------------------------------------------------------
+
+    def lower_listing(self, node: Node, layer: int) -> Listing:
+        key = (layer, node.real_inos[node.layers.index(layer)])
+        listing = self.listings.get(key)
+        if listing is None:
+            listing = read_listing(self.dir_fd(node, layer))
+            self.listings.put(key, listing)
+        return listing
+
+    def upper_listing(self, node: Node) -> Listing:
+        listing = read_listing(self.dir_fd(node, UPPER))
+        node.upper_state = UpperDirState(listing.opaque, _oci_whiteouts(listing))
+        return listing
+
+    def upper_state(self, node: Node) -> UpperDirState:
+        if node.upper_state is None:
+            self.upper_listing(node)
+        assert node.upper_state is not None
+        return node.upper_state
+
+    def layer_listing(self, node: Node, layer: int) -> Listing:
+        if self.writable and layer == UPPER:
+            return self.upper_listing(node)
+        return self.lower_listing(node, layer)
+
+    def list_names(self, node: Node) -> list[bytes]:
+        """The merged listing: upper entries first, then each lower's new names."""
+        names: list[bytes] = []
+        seen: set[bytes] = set()
+        hidden: set[bytes] = set()
+        for layer in node.layers:
+            listing = self.layer_listing(node, layer)
+            for name in listing.entries:
+                if name not in seen and name not in hidden:
+                    seen.add(name)
+                    names.append(name)
+            hidden.update(listing.whiteouts)
+        return names
+
+    def is_empty_dir(self, node: Node) -> bool:
+        return not self.list_names(node)
+
+    # ---- resolution ----------------------------------------------------------------------
+
+    def resolve(self, parent: Node, name: bytes) -> Found | None:
+        """Resolve `name` in the merged directory `parent`: None if it does not exist."""
+        layers: list[int] = []
+        inos: list[int] = []
+        top_st: os.stat_result | None = None
+        for layer in parent.layers:
+            if self.writable and layer == UPPER:
+                state = self.upper_state(parent)
+                try:
+                    st = os.stat(name, dir_fd=self.dir_fd(parent, UPPER), follow_symlinks=False)
+                except FileNotFoundError:
+                    if name in state.oci_whiteouts:
+                        return None
+                    continue
+                if is_whiteout(st):
+                    return None
+                if not stat.S_ISDIR(st.st_mode):
+                    return Found((UPPER,), (st.st_ino,), st)
+                layers.append(UPPER)
+                inos.append(st.st_ino)
+                top_st = st
+                continue
+            listing = self.lower_listing(parent, layer)
+            d_ino = listing.entries.get(name)
+            if d_ino is None:
+                if name in listing.whiteouts:
+                    break
+                continue
+            is_dir = name in listing.dirs
+            if layers:
+                if not is_dir or self._is_opaque_child(parent, layers[-1], name, inos[-1]):
+                    break
+            elif not is_dir:
+                st = os.stat(name, dir_fd=self.dir_fd(parent, layer), follow_symlinks=False)
+                return Found((layer,), (st.st_ino,), st)
+            if (self.stack.layers[layer].dev, d_ino) in self.stack.forbidden:
+                raise OSError(errno.ELOOP, "a layer root is inside a lower layer", name)
+            layers.append(layer)
+            inos.append(d_ino)
+        if not layers:
+            return None
+        if top_st is None:
+            top_st = os.stat(name, dir_fd=self.dir_fd(parent, layers[0]), follow_symlinks=False)
+            inos[0] = top_st.st_ino
+        return Found(tuple(layers), tuple(inos), top_st)
+
+    def _is_opaque_child(self, parent: Node, layer: int, name: bytes, d_ino: int) -> bool:
+        """Whether the directory `name` in `layer` (just found) is opaque."""
+        if self.writable and layer == UPPER:
+            parent_fd = self.dir_fd(parent, UPPER)
+            if has_opaque_xattr(parent_fd, name):
+                return True
+            try:
+                os.stat(name + b"/" + OCI_OPAQUE_MARKER, dir_fd=parent_fd, follow_symlinks=False)
+            except OSError:
+                return False
+            return True
+        listing = self.listings.get((layer, d_ino))
+        if listing is None:
+            fd = os.open(name, DIR_FD_FLAGS, dir_fd=self.dir_fd(parent, layer))
+            try:
+                listing = read_listing(fd)
+            finally:
+                os.close(fd)
+            self.listings.put((layer, d_ino), listing)
+        return listing.opaque
+
+    def identity(self, found: Found, parent: Node, name: bytes) -> tuple:
+        layer = found.layers[0]
+        if (self.writable and layer != UPPER and not found.is_dir and found.st.st_nlink > 1):
+            # Lower hard links part on copy-up (as with kernel index=off): one node per name.
+            return ("lower-link", parent.ino, name)
+        return (self.stack.layers[layer].dev, found.real_inos[0])
+
+    def lookup(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result] | None:
+        """Resolve `name` and return its node (made or re-used) and stat. Does not count a
+        FUSE lookup: the caller does, once the kernel has been answered."""
+        found = self.resolve(parent, name)
+        if found is None:
+            return None
+        return self.node_for(parent, name, found), found.st
+
+    def node_for(self, parent: Node, name: bytes, found: Found) -> Node:
+        identity = self.identity(found, parent, name)
+        node = self.table.by_identity.get(identity)
+        if node is not None and node.is_dir == found.is_dir:
+            if node.is_dir:
+                node.layers, node.real_inos = found.layers, found.real_inos
+            else:
+                self.table.add_link(node, parent, name)
+            return node
+        dev = self.stack.layers[found.layers[0]].dev
+        node = Node(ino=self.table.choose_ino(dev, found.real_inos[0]), parent=parent,
+                    name=name, is_dir=found.is_dir, layers=found.layers,
+                    real_inos=found.real_inos, identity=identity)
+        self.table.add(node)
+        return node
+
+    # ---- attributes ----------------------------------------------------------------------
+
+    def stat(self, node: Node) -> os.stat_result:
+        if node.is_dir:
+            return os.stat(self.dir_fd(node, node.top_layer))
+        if node.parent is None:
+            if node.orphan_fd is None:
+                raise OSError(errno.ENOENT, "file was removed")
+            return os.stat(node.orphan_fd)
+        return os.stat(node.name, dir_fd=self.parent_fd(node), follow_symlinks=False)
+
+    def readlink(self, node: Node) -> bytes:
+        return os.readlink(node.name, dir_fd=self.parent_fd(node))
+
+    def xattr_target(self, node: Node) -> tuple[int, bytes | None]:
+        """(fd, name) naming `node`'s top object for the xattr helpers."""
+        if node.is_dir:
+            return self.dir_fd(node, node.top_layer), None
+        return self.parent_fd(node), node.name
+
+    def statvfs(self) -> os.statvfs_result:
+        return os.statvfs(self.stack.layers[0].fd)
+
+
+def _oci_whiteouts(listing: Listing) -> set[bytes]:
+    return {target for marker in listing.oci_markers
+            if (target := oci_target(marker)) is not None}
