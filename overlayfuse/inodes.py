@@ -123,6 +123,9 @@ class NodeTable:
             node.extra_links.remove((parent, name))
         else:
             return
+        if node.parent is None and self.by_identity.get(node.identity) is node:
+            # Gone from the tree: its inode number may be re-used by a new object.
+            del self.by_identity[node.identity]
         self._release_child(parent)
         self._maybe_drop(node)
 

@@ -17,14 +17,19 @@ from typing import Any
 
 import pyfuse3
 
+from .copyup import CopyUp
 from .inodes import Node
-from .tree import Tree
-from .xattrs import XattrNames, get_attr, list_attrs
+from .namespace import Caller, Namespace
+from .tree import UPPER, Tree
+from .whiteout import proc_path
+from .xattrs import XattrNames, get_attr, list_attrs, remove_attr, set_attr
 
 log = logging.getLogger("overlayfuse")
 
-OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND | os.O_DIRECT | os.O_NOCTTY
-WRITE_ACCESS = os.O_WRONLY | os.O_RDWR
+# The kernel sends the offset of every write (also for O_APPEND), and O_DIRECT would demand
+# aligned buffers of us; O_CREAT/O_EXCL were handled by the kernel's lookup.
+OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_DIRECT | os.O_NOCTTY
+COPY_UP_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
 
 
 def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -66,6 +71,11 @@ class Operations(pyfuse3.Operations):
         self.timeout = timeout
         self.debug = debug
         self.xattr_names = XattrNames(tree.stack.xattr_prefix)
+        self.copy_up: CopyUp | None = None
+        self.namespace: Namespace | None = None
+        if tree.writable:
+            self.copy_up = CopyUp(tree, self.xattr_names)
+            self.namespace = Namespace(tree, self.copy_up)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, tuple[Node, list[bytes]]] = {}
         self._next_fh = 1
@@ -116,9 +126,20 @@ class Operations(pyfuse3.Operations):
         self._next_fh += 1
         return fh
 
-    def _check_writable(self) -> None:
-        if not self.tree.writable:
+    def _writer(self) -> tuple[CopyUp, Namespace]:
+        if self.copy_up is None or self.namespace is None:
             raise pyfuse3.FUSEError(errno.EROFS)
+        return self.copy_up, self.namespace
+
+    def _reply_new(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        node.nlookup += 1
+        return self._entry(node, st)
+
+    def _add_file(self, node: Node, fd: int) -> int:
+        fh = self._new_fh()
+        self._files[fh] = OpenFile(node, fd, node.top_layer)
+        node.open_files += 1
+        return fh
 
     # ---- lookup and attributes -----------------------------------------------------------
 
@@ -221,14 +242,25 @@ class Operations(pyfuse3.Operations):
     @_edge
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
-        if flags & (WRITE_ACCESS | os.O_TRUNC | os.O_APPEND):
-            self._check_writable()
+        if flags & COPY_UP_FLAGS:
+            copy_up, _ = self._writer()
+            await copy_up.ensure_upper(node)
         fd = os.open(node.name, (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=self.tree.parent_fd(node))
-        fh = self._new_fh()
-        self._files[fh] = OpenFile(node, fd, node.top_layer)
-        node.open_files += 1
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return pyfuse3.FileInfo(fh=self._add_file(node, fd), keep_cache=True)
+
+    @_edge
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        _, namespace = self._writer()
+        node, st, fd = namespace.create(self._node(parent_inode), name, mode, _caller(ctx))
+        return pyfuse3.FileInfo(fh=self._add_file(node, fd), keep_cache=True), \
+            self._reply_new(node, st)
+
+    @_edge
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return os.pwrite(self._files[fh].fd, buf, off)
 
     @_edge
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -278,12 +310,132 @@ class Operations(pyfuse3.Operations):
         visible = (self.xattr_names.to_visible(real) for real in list_attrs(fd, child))
         return [name for name in visible if name is not None]
 
-    # ---- writes (read-only until the write path lands) ------------------------------------
+    @_edge
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        copy_up, _ = self._writer()
+        node = self._node(inode)
+        await copy_up.ensure_upper(node)
+        set_attr(*self.tree.xattr_target(node), self.xattr_names.to_real(name), value)
 
+    @_edge
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        copy_up, _ = self._writer()
+        node = self._node(inode)
+        await copy_up.ensure_upper(node)
+        remove_attr(*self.tree.xattr_target(node), self.xattr_names.to_real(name))
+
+    # ---- attributes ----------------------------------------------------------------------
+
+    @_edge
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
+        node = self._node(inode)
+        changes = (fields.update_size, fields.update_mode, fields.update_uid, fields.update_gid,
+                   fields.update_atime, fields.update_mtime)
+        if not any(changes):
+            # Nothing but ctime (utimensat with both times UTIME_OMIT): no copy-up.
+            return self._entry(node, self.tree.stat(node))
+        copy_up, _ = self._writer()
+        await copy_up.ensure_upper(node)
+        if fields.update_size:
+            self._truncate(node, attr.st_size, fh)
+        fd, child = self.tree.xattr_target(node)
+        path, follow = proc_path(fd, child)
+        if fields.update_uid or fields.update_gid:
+            os.chown(path, attr.st_uid if fields.update_uid else -1,
+                     attr.st_gid if fields.update_gid else -1, follow_symlinks=follow)
+        if fields.update_mode:
+            self._chmod(node, stat.S_IMODE(attr.st_mode))
+        if fields.update_atime or fields.update_mtime:
+            current = self.tree.stat(node)
+            os.utime(path, ns=(attr.st_atime_ns if fields.update_atime else current.st_atime_ns,
+                               attr.st_mtime_ns if fields.update_mtime else current.st_mtime_ns),
+                     follow_symlinks=follow)
+        return self._entry(node, self.tree.stat(node))
+
+    def _truncate(self, node: Node, size: int, fh: int | None) -> None:
+        if node.is_dir:
+            raise OSError(errno.EISDIR, "is a directory")
+        handle = self._files.get(fh) if fh is not None else None
+        if handle is not None and handle.layer == UPPER:
+            try:
+                os.ftruncate(handle.fd, size)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EBADF, errno.EINVAL):
+                    raise
+        fd = os.open(node.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=self.tree.parent_fd(node))
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    def _chmod(self, node: Node, mode: int) -> None:
+        if node.is_dir:
+            os.chmod(proc_path(self.tree.dir_fd(node, UPPER))[0], mode)
+            return
+        fd = os.open(node.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=self.tree.parent_fd(node))
+        try:
+            if stat.S_ISLNK(os.stat(fd).st_mode):
+                raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
+            os.chmod(proc_path(fd)[0], mode)
+        finally:
+            os.close(fd)
+
+    # ---- names ---------------------------------------------------------------------------
+
+    @_edge
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        _, namespace = self._writer()
+        return self._reply_new(*namespace.mkdir(self._node(parent_inode), name, mode,
+                                                _caller(ctx)))
+
+    @_edge
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        _, namespace = self._writer()
+        return self._reply_new(*namespace.mknod(self._node(parent_inode), name, mode, rdev,
+                                                _caller(ctx)))
+
+    @_edge
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        _, namespace = self._writer()
+        return self._reply_new(*namespace.symlink(self._node(parent_inode), name, target,
+                                                  _caller(ctx)))
+
+    @_edge
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        _, namespace = self._writer()
+        return self._reply_new(*await namespace.link(self._node(inode),
+                                                     self._node(new_parent_inode), new_name))
+
+    @_edge
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _, namespace = self._writer()
+        namespace.unlink(self._node(parent_inode), name)
+
+    @_edge
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _, namespace = self._writer()
+        namespace.rmdir(self._node(parent_inode), name)
+
+    @_edge
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        _, namespace = self._writer()
+        await namespace.rename(self._node(parent_inode_old), name_old,
+                               self._node(parent_inode_new), name_new, flags)
+
+
+def _caller(ctx: pyfuse3.RequestContext) -> Caller:
+    return Caller(ctx.uid, ctx.gid)
 
 
 def _may_access(st: os.stat_result, mode: int, ctx: pyfuse3.RequestContext) -> bool:

@@ -20,6 +20,7 @@ from .listing import Listing, ListingCache, read_listing
 from .whiteout import OCI_OPAQUE_MARKER, has_opaque_xattr, is_whiteout, oci_target
 
 DIR_FD_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NAME_MAX = 255
 UPPER = 0   # index of the upper layer when the mount is writable
 
 
@@ -139,6 +140,8 @@ class Tree:
 
     def resolve(self, parent: Node, name: bytes) -> Found | None:
         """Resolve `name` in the merged directory `parent`: None if it does not exist."""
+        if len(name) > NAME_MAX:
+            raise OSError(errno.ENAMETOOLONG, "name too long")
         layers: list[int] = []
         inos: list[int] = []
         top_st: os.stat_result | None = None

@@ -1,0 +1,244 @@
+"""Copy-up: bring a lower object into the upper layer, atomically.
+
+The copy is built in workdir/work under a temporary name (data, owner, mode, xattrs, times)
+and renamed into place only when complete, so a crash leaves the lower version visible and
+garbage only in the workdir, which is emptied at the next mount. Parents are copied first.
+File data is copied in a worker thread (reflink, else copy_file_range over the data extents,
+keeping holes) so that a large copy does not stall other requests.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import os
+import stat
+
+import trio
+
+from .inodes import Node, UpperDirState
+from .syscalls import RENAME_NOREPLACE, renameat2
+from .tree import UPPER, Tree
+from .whiteout import proc_path
+from .xattrs import XattrNames
+
+FICLONE = 0x40049409
+COPY_CHUNK = 64 << 20
+
+
+class WorkDir:
+    """Temporary names in workdir/work, and moving finished objects out of it."""
+
+    def __init__(self, work_fd: int) -> None:
+        self.fd = work_fd
+        self._counter = itertools.count(1)
+
+    def temp_name(self) -> bytes:
+        return b"#ofs%x" % next(self._counter)
+
+    def discard(self, name: bytes) -> None:
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except IsADirectoryError:
+            os.rmdir(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+
+
+def copy_xattrs(names: XattrNames, src: tuple[int, bytes | None], dst: tuple[int, bytes | None]
+                ) -> None:
+    """Copy every stored xattr but our private markers."""
+    src_path, src_follow = proc_path(*src)
+    dst_path, dst_follow = proc_path(*dst)
+    try:
+        attrs = os.listxattr(src_path, follow_symlinks=src_follow)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return
+        raise
+    for attr in attrs:
+        real = os.fsencode(attr)
+        if not names.is_copied(real):
+            continue
+        try:
+            value = os.getxattr(src_path, real, follow_symlinks=src_follow)
+            os.setxattr(dst_path, real, value, follow_symlinks=dst_follow)
+        except OSError as e:
+            # trusted.* we may not read or write as non-root, security.* the upper fs refuses
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENODATA, errno.EACCES):
+                raise
+
+
+def copy_file_data(src: int, dst: int, size: int) -> None:
+    """Copy `size` bytes: a reflink where the filesystem offers one, else the data extents
+    with copy_file_range (holes stay holes)."""
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+        return
+    except OSError:
+        pass
+    offset = 0
+    while offset < size:
+        try:
+            data = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:   # only a hole remains
+                break
+            raise
+        hole = os.lseek(src, data, os.SEEK_HOLE)
+        position = data
+        while position < hole:
+            copied = _copy_range(src, dst, min(hole - position, COPY_CHUNK), position)
+            if copied == 0:
+                break
+            position += copied
+        offset = hole
+    os.ftruncate(dst, size)
+
+
+def _copy_range(src: int, dst: int, count: int, offset: int) -> int:
+    try:
+        return os.copy_file_range(src, dst, count, offset, offset)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    data = os.pread(src, min(count, 1 << 20), offset)
+    return os.pwrite(dst, data, offset) if data else 0
+
+
+def _stage_regular(src: int, dst: int, st: os.stat_result, names: XattrNames, sync: bool) -> None:
+    """Runs in a worker thread: everything that may take long."""
+    copy_file_data(src, dst, st.st_size)
+    copy_xattrs(names, (src, None), (dst, None))
+    os.fchown(dst, st.st_uid, st.st_gid)
+    os.fchmod(dst, stat.S_IMODE(st.st_mode))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    if sync:
+        os.fsync(dst)
+
+
+class CopyUp:
+    def __init__(self, tree: Tree, names: XattrNames) -> None:
+        assert tree.stack.work_fd is not None
+        self.tree = tree
+        self.names = names
+        self.work = WorkDir(tree.stack.work_fd)
+
+    def set_metadata(self, name: bytes, st: os.stat_result, xattrs_from: tuple[int, bytes | None]
+                     | None = None) -> None:
+        """Owner, mode, xattrs and times on an object staged in the work dir."""
+        work = self.work.fd
+        if xattrs_from is not None:
+            copy_xattrs(self.names, xattrs_from, (work, name))
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=work, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=work)
+        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=work, follow_symlinks=False)
+
+    def _install_keeping_times(self, parent: Node, temp: bytes, name: bytes) -> os.stat_result:
+        """Move a finished copy from the work dir into the upper copy of `parent`, leaving the
+        parent's times as they were (as the kernel does on copy-up)."""
+        upper_fd = self.tree.dir_fd(parent, UPPER)
+        parent_st = os.stat(upper_fd)
+        try:
+            renameat2(self.work.fd, temp, upper_fd, name, RENAME_NOREPLACE)
+        except OSError:
+            self.work.discard(temp)
+            raise
+        path, _ = proc_path(upper_fd)
+        os.utime(path, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
+        return os.stat(name, dir_fd=upper_fd, follow_symlinks=False)
+
+    def _became_upper(self, node: Node, st: os.stat_result) -> None:
+        table = self.tree.table
+        dev = self.tree.stack.layers[UPPER].dev
+        table.origin_ino[(dev, st.st_ino)] = node.ino
+        table.set_identity(node, (dev, st.st_ino))
+        if node.is_dir:
+            node.layers = (UPPER, *node.layers)
+            node.real_inos = (st.st_ino, *node.real_inos)
+            node.upper_state = UpperDirState(opaque=False, oci_whiteouts=set())
+        else:
+            node.layers = (UPPER,)
+            node.real_inos = (st.st_ino,)
+
+    def directory(self, node: Node) -> None:
+        """Copy up a directory (not its contents) and its parents. Synchronous: it is small."""
+        if UPPER in node.layers:
+            return
+        parent = node.parent
+        if parent is None:
+            raise OSError(errno.ENOENT, "directory was removed")
+        self.directory(parent)
+        src_fd = self.tree.dir_fd(node, node.top_layer)
+        st = os.stat(src_fd)
+        temp = self.work.temp_name()
+        os.mkdir(temp, 0o700, dir_fd=self.work.fd)
+        try:
+            self.set_metadata(temp, st, xattrs_from=(src_fd, None))
+        except OSError:
+            self.work.discard(temp)
+            raise
+        self._became_upper(node, self._install_keeping_times(parent, temp, node.name))
+
+    async def ensure_upper(self, node: Node) -> None:
+        """Copy `node` up unless it is in the upper layer already."""
+        if UPPER in node.layers:
+            return
+        if node.is_dir:
+            self.directory(node)
+            return
+        while node.copy_up_done is not None:        # another request is copying it
+            await node.copy_up_done.wait()          # type: ignore[attr-defined]
+            if UPPER in node.layers:
+                return
+        done = trio.Event()
+        node.copy_up_done = done
+        try:
+            await self._copy_up_file(node)
+        finally:
+            node.copy_up_done = None
+            done.set()
+
+    async def _copy_up_file(self, node: Node) -> None:
+        if node.parent is None:
+            raise OSError(errno.ENOENT, "file was removed")
+        self.directory(node.parent)
+        src_dir = self.tree.parent_fd(node)
+        st = os.stat(node.name, dir_fd=src_dir, follow_symlinks=False)
+        temp = self.work.temp_name()
+        work = self.work.fd
+        try:
+            if stat.S_ISREG(st.st_mode):
+                await self._stage_regular_file(src_dir, node.name, temp, st)
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(node.name, dir_fd=src_dir), temp, dir_fd=work)
+                else:
+                    os.mknod(temp, st.st_mode, st.st_rdev, dir_fd=work)
+                self.set_metadata(temp, st, xattrs_from=(src_dir, node.name))
+        except BaseException:
+            self.work.discard(temp)
+            raise
+        # The name may have been removed or replaced while the data was copied.
+        if node.parent is None or UPPER in node.layers:
+            self.work.discard(temp)
+            if node.parent is None:
+                raise OSError(errno.ENOENT, "file was removed during copy-up")
+            return
+        self._became_upper(node, self._install_keeping_times(node.parent, temp, node.name))
+
+    async def _stage_regular_file(self, src_dir: int, name: bytes, temp: bytes,
+                                  st: os.stat_result) -> None:
+        src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+        try:
+            dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                          dir_fd=self.work.fd)
+            try:
+                await trio.to_thread.run_sync(_stage_regular, src, dst, st, self.names,
+                                              not self.tree.stack.volatile)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)

@@ -1,0 +1,358 @@
+"""Operations that change names: create, mkdir, mknod, symlink, link, unlink, rmdir, rename.
+
+New objects are made in the work dir with their final owner and mode, then renamed into the
+upper layer (exchanged with a whiteout they replace), so that no one ever sees an object
+half made. A removed name that a lower layer still holds becomes a whiteout.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .copyup import CopyUp
+from .inodes import Node, UpperDirState
+from .layers import empty_directory
+from .syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
+from .tree import NAME_MAX, UPPER, Found, Tree
+from .whiteout import is_reserved_name, is_whiteout, make_whiteout, set_opaque
+
+
+
+@dataclass(frozen=True)
+class Caller:
+    uid: int
+    gid: int
+
+
+def check_new_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, "name too long")
+    if is_reserved_name(name):
+        # It would be read back as a whiteout: refuse it (documented in docs/behaviour.md).
+        raise OSError(errno.EINVAL, "names starting with .wh. are reserved")
+
+
+class Namespace:
+    def __init__(self, tree: Tree, copy_up: CopyUp) -> None:
+        self.tree = tree
+        self.copy_up = copy_up
+        self.work = copy_up.work
+        self.prefix = tree.stack.xattr_prefix
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _upper_entry(self, parent: Node, name: bytes) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=self.tree.dir_fd(parent, UPPER), follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def lower_positive(self, parent: Node, name: bytes) -> bool:
+        """Whether a lower layer would show `name` if the upper had nothing there."""
+        for layer in parent.layers:
+            if layer == UPPER:
+                continue
+            listing = self.tree.lower_listing(parent, layer)
+            if name in listing.entries:
+                return True
+            if name in listing.whiteouts:
+                return False
+        return False
+
+    def _owner(self, parent: Node, caller: Caller, mode: int) -> tuple[int, int, int]:
+        """(uid, gid, mode) of a new object: a setgid directory passes on its group (and, to
+        directories, its setgid bit)."""
+        parent_st = os.stat(self.tree.dir_fd(parent, UPPER))
+        gid = caller.gid
+        if parent_st.st_mode & stat.S_ISGID:
+            gid = parent_st.st_gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return caller.uid, gid, mode
+
+    def _place(self, parent: Node, name: bytes, make: Callable[[int, bytes], None],
+               owner: tuple[int, int, int] | None, directory: bool = False
+               ) -> tuple[os.stat_result, bool]:
+        """Make an object in the work dir, give it its owner, and move it to `name` in the
+        upper copy of `parent`, replacing a whiteout there. `owner` is (uid, gid, mode).
+        Returns its stat, and whether it replaced a whiteout (a directory then is opaque)."""
+        check_new_name(name)
+        self.copy_up.directory(parent)
+        work = self.work.fd
+        temp = self.work.temp_name()
+        make(work, temp)
+        try:
+            if owner is not None:
+                uid, gid, mode = owner
+                os.chown(temp, uid, gid, dir_fd=work, follow_symlinks=False)
+                if not stat.S_ISLNK(mode):
+                    os.chmod(temp, stat.S_IMODE(mode), dir_fd=work)  # chown cleared setuid bits
+            upper_fd = self.tree.dir_fd(parent, UPPER)
+            occupant = self._upper_entry(parent, name)
+            replaces_whiteout = occupant is not None and is_whiteout(occupant)
+            if occupant is None:
+                renameat2(work, temp, upper_fd, name, RENAME_NOREPLACE)
+            elif replaces_whiteout:
+                if directory:
+                    set_opaque(work, temp, self.prefix)
+                renameat2(work, temp, upper_fd, name, RENAME_EXCHANGE)
+                self.work.discard(temp)     # now the whiteout
+            else:
+                raise OSError(errno.EEXIST, "exists", name)
+        except BaseException:
+            self.work.discard(temp)
+            raise
+        return os.stat(name, dir_fd=upper_fd, follow_symlinks=False), replaces_whiteout
+
+    def _new_node(self, parent: Node, name: bytes, st: os.stat_result, opaque: bool = False
+                  ) -> Node:
+        node = self.tree.node_for(parent, name, Found((UPPER,), (st.st_ino,), st))
+        if node.is_dir:
+            node.upper_state = UpperDirState(opaque=opaque, oci_whiteouts=set())
+        return node
+
+    def _existing(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
+        found = self.tree.lookup(parent, name)
+        if found is None:
+            raise OSError(errno.ENOENT, "no such entry", name)
+        return found
+
+    # ---- creating ------------------------------------------------------------------------
+
+    def create(self, parent: Node, name: bytes, mode: int, caller: Caller
+               ) -> tuple[Node, os.stat_result, int]:
+        """Create a regular file; also returns a read-write fd on it."""
+        fd_box: list[int] = []
+
+        def make(work: int, temp: bytes) -> None:
+            fd_box.append(os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                  0o600, dir_fd=work))
+        try:
+            st, _ = self._place(parent, name, make,
+                                self._owner(parent, caller, stat.S_IFREG | mode))
+        except BaseException:
+            for fd in fd_box:
+                os.close(fd)
+            raise
+        return self._new_node(parent, name, st), st, fd_box[0]
+
+    def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller
+              ) -> tuple[Node, os.stat_result]:
+        owner = self._owner(parent, caller, stat.S_IFDIR | stat.S_IMODE(mode))
+        st, opaque = self._place(parent, name,
+                                 lambda work, temp: os.mkdir(temp, 0o700, dir_fd=work),
+                                 owner, directory=True)
+        return self._new_node(parent, name, st, opaque), st
+
+    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller
+              ) -> tuple[Node, os.stat_result]:
+        if stat.S_ISCHR(mode) and rdev == 0:
+            raise OSError(errno.EPERM, "a 0/0 character device is a whiteout")
+        if stat.S_ISREG(mode) or stat.S_IFMT(mode) == 0:
+            mode = stat.S_IFREG | stat.S_IMODE(mode)
+        st, _ = self._place(parent, name,
+                            lambda work, temp: os.mknod(temp, stat.S_IFMT(mode) | 0o600, rdev,
+                                                        dir_fd=work),
+                            self._owner(parent, caller, mode))
+        return self._new_node(parent, name, st), st
+
+    def symlink(self, parent: Node, name: bytes, target: bytes, caller: Caller
+                ) -> tuple[Node, os.stat_result]:
+        st, _ = self._place(parent, name,
+                            lambda work, temp: os.symlink(target, temp, dir_fd=work),
+                            self._owner(parent, caller, stat.S_IFLNK | 0o777))
+        return self._new_node(parent, name, st), st
+
+    async def link(self, node: Node, parent: Node, name: bytes) -> tuple[Node, os.stat_result]:
+        if node.is_dir:
+            raise OSError(errno.EPERM, "hard link to a directory")
+        check_new_name(name)
+        await self.copy_up.ensure_upper(node)
+        if node.parent is None:
+            raise OSError(errno.ENOENT, "file was removed")
+        source_dir = self.tree.parent_fd(node)
+        source_name = node.name
+
+        def make(work: int, temp: bytes) -> None:
+            os.link(source_name, temp, src_dir_fd=source_dir, dst_dir_fd=work,
+                    follow_symlinks=False)
+        self._place(parent, name, make, owner=None)
+        self.tree.table.add_link(node, parent, name)
+        return node, self.tree.stat(node)
+
+    # ---- removing ------------------------------------------------------------------------
+
+    def unlink(self, parent: Node, name: bytes) -> None:
+        node, st = self._existing(parent, name)
+        if node.is_dir:
+            raise OSError(errno.EISDIR, "is a directory", name)
+        self.copy_up.directory(parent)
+        upper_fd = self.tree.dir_fd(parent, UPPER)
+        if node.open_files and node.orphan_fd is None:
+            # Keep the object reachable for fstat-like calls once its name is gone.
+            node.orphan_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     dir_fd=self.tree.parent_fd(node))
+        self._remove_name(parent, name, in_upper=node.top_layer == UPPER, upper_fd=upper_fd)
+        self.tree.table.remove_link(node, parent, name)
+
+    def rmdir(self, parent: Node, name: bytes) -> None:
+        node, _ = self._existing(parent, name)
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory", name)
+        if node is self.tree.root:
+            raise OSError(errno.EBUSY, "root")
+        if not self.tree.is_empty_dir(node):
+            raise OSError(errno.ENOTEMPTY, "directory not empty", name)
+        self.copy_up.directory(parent)
+        upper_fd = self.tree.dir_fd(parent, UPPER)
+        self._remove_name(parent, name, in_upper=UPPER in node.layers, upper_fd=upper_fd)
+        self._forget_dir(node)
+        self.tree.table.remove_link(node, parent, name)
+
+    def _remove_name(self, parent: Node, name: bytes, in_upper: bool, upper_fd: int) -> None:
+        """Make `name` vanish from the merged view: whiteout if a lower layer still has it."""
+        needs_whiteout = self.lower_positive(parent, name)
+        if not in_upper:
+            if needs_whiteout:
+                make_whiteout(upper_fd, name)
+            return
+        upper_st = os.stat(name, dir_fd=upper_fd, follow_symlinks=False)
+        if needs_whiteout or stat.S_ISDIR(upper_st.st_mode):
+            # Swap in a whiteout (or, for a dir that holds whiteouts, move it out of the way)
+            # in one atomic step, then clean up in the work dir.
+            temp = self.work.temp_name()
+            if needs_whiteout:
+                make_whiteout(self.work.fd, temp)
+                renameat2(self.work.fd, temp, upper_fd, name, RENAME_EXCHANGE)
+            else:
+                renameat2(upper_fd, name, self.work.fd, temp, RENAME_NOREPLACE)
+            self._delete_in_work(temp)
+        else:
+            os.unlink(name, dir_fd=upper_fd)
+
+    def _delete_in_work(self, temp: bytes) -> None:
+        st = os.stat(temp, dir_fd=self.work.fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            fd = os.open(temp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.work.fd)
+            try:
+                empty_directory(fd)
+            finally:
+                os.close(fd)
+            os.rmdir(temp, dir_fd=self.work.fd)
+        else:
+            os.unlink(temp, dir_fd=self.work.fd)
+
+    def _forget_dir(self, node: Node) -> None:
+        for layer in node.layers:
+            self.tree.forget_dir_fd(node, layer)
+
+    # ---- rename --------------------------------------------------------------------------
+
+    async def rename(self, old_parent: Node, old_name: bytes, new_parent: Node, new_name: bytes,
+                     flags: int) -> None:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (RENAME_NOREPLACE |
+                                                                      RENAME_EXCHANGE):
+            raise OSError(errno.EINVAL, "unsupported rename flags")
+        exchange = bool(flags & RENAME_EXCHANGE)
+        check_new_name(new_name)
+        source, _ = self._existing(old_parent, old_name)
+        self._check_movable(source)
+        # Copy-ups first: they may wait; everything after them runs without a pause.
+        await self.copy_up.ensure_upper(source)
+        target = self.tree.lookup(new_parent, new_name)
+        if exchange:
+            if target is None:
+                raise OSError(errno.ENOENT, "exchange target missing", new_name)
+            self._check_movable(target[0])
+            await self.copy_up.ensure_upper(target[0])
+        self.copy_up.directory(old_parent)
+        self.copy_up.directory(new_parent)
+
+        source, _ = self._existing(old_parent, old_name)
+        found_target = self.tree.lookup(new_parent, new_name)
+        target_node = found_target[0] if found_target else None
+        if source is target_node and not exchange:
+            return
+        if exchange:
+            if target_node is None:
+                raise OSError(errno.ENOENT, "exchange target missing", new_name)
+            self._exchange(old_parent, old_name, source, new_parent, new_name, target_node)
+            return
+        if target_node is not None:
+            if flags & RENAME_NOREPLACE:
+                raise OSError(errno.EEXIST, "target exists", new_name)
+            self._check_replaceable(source, target_node)
+        self._move(old_parent, old_name, source, new_parent, new_name, target_node)
+
+    def _check_movable(self, node: Node) -> None:
+        # Kernel overlayfs without redirect_dir: a directory with a lower part cannot move.
+        if node.is_dir and node.layers != (UPPER,):
+            raise OSError(errno.EXDEV, "directory has a lower layer")
+
+    def _check_replaceable(self, source: Node, target: Node) -> None:
+        if source.is_dir and not target.is_dir:
+            raise OSError(errno.ENOTDIR, "target is not a directory")
+        if not source.is_dir and target.is_dir:
+            raise OSError(errno.EISDIR, "target is a directory")
+        if target.is_dir and not self.tree.is_empty_dir(target):
+            raise OSError(errno.ENOTEMPTY, "target directory not empty")
+        if target is self.tree.root:
+            raise OSError(errno.EBUSY, "root")
+
+    def _mark_opaque_if_needed(self, node: Node, new_parent: Node) -> None:
+        """A pure-upper directory moved into a merged directory becomes opaque (kernel rule),
+        so no lower directory of the same name can show through it."""
+        if node.is_dir and len(new_parent.layers) > 1:
+            self._set_opaque(node)
+
+    def _move(self, old_parent: Node, old_name: bytes, source: Node, new_parent: Node,
+              new_name: bytes, target: Node | None) -> None:
+        old_fd = self.tree.dir_fd(old_parent, UPPER)
+        new_fd = self.tree.dir_fd(new_parent, UPPER)
+        if target is not None and target.is_dir and UPPER in target.layers:
+            # The target's upper dir may hold whiteouts: swap in an empty one first (the
+            # target is empty in the merged view, so the view does not change).
+            temp = self.work.temp_name()
+            os.mkdir(temp, 0o700, dir_fd=self.work.fd)
+            renameat2(self.work.fd, temp, new_fd, new_name, RENAME_EXCHANGE)
+            self._delete_in_work(temp)
+        self._mark_opaque_if_needed(source, new_parent)
+        whiteout = self.lower_positive(old_parent, old_name)
+        if whiteout:
+            try:
+                renameat2(old_fd, old_name, new_fd, new_name, RENAME_WHITEOUT)
+            except PermissionError:
+                renameat2(old_fd, old_name, new_fd, new_name)
+                make_whiteout(old_fd, old_name)
+        else:
+            renameat2(old_fd, old_name, new_fd, new_name)
+        table = self.tree.table
+        if target is not None:
+            if target.is_dir:
+                self._forget_dir(target)
+            table.remove_link(target, new_parent, new_name)
+        table.move_link(source, (old_parent, old_name), (new_parent, new_name))
+
+    def _set_opaque(self, node: Node) -> None:
+        state = self.tree.upper_state(node)
+        if not state.opaque:
+            set_opaque(self.tree.dir_fd(node, UPPER), None, self.prefix)
+            state.opaque = True
+
+    def _exchange(self, old_parent: Node, old_name: bytes, source: Node, new_parent: Node,
+                  new_name: bytes, target: Node) -> None:
+        self._check_movable(source)
+        self._check_movable(target)
+        self._mark_opaque_if_needed(source, new_parent)
+        self._mark_opaque_if_needed(target, old_parent)
+        renameat2(self.tree.dir_fd(old_parent, UPPER), old_name,
+                  self.tree.dir_fd(new_parent, UPPER), new_name, RENAME_EXCHANGE)
+        if source is target:
+            return
+        # The first move leaves both nodes claiming the new name; the second ends that.
+        self.tree.table.move_link(source, (old_parent, old_name), (new_parent, new_name))
+        self.tree.table.move_link(target, (new_parent, new_name), (old_parent, old_name))
