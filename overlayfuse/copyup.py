@@ -162,6 +162,8 @@ class CopyUp:
         else:
             node.layers = (UPPER,)
             node.real_inos = (st.st_ino,)
+        # A merged dir reports st_nlink 1; a lower hard link becomes a single link.
+        self.tree.attrs_changed(node)
 
     def directory(self, node: Node) -> None:
         """Copy up a directory (not its contents) and its parents. Synchronous: it is small."""

@@ -106,17 +106,22 @@ def validate(options: MountOptions) -> set[tuple[int, int]]:
         if os.path.lexists(options.workdir):
             work_st = os.stat(options.workdir)
             traps[(work_st.st_dev, work_st.st_ino)] = "workdir"
-    for path in options.lowerdirs:
-        st = _stat_dir("lowerdir", path)
+    lower_stats = [_stat_dir("lowerdir", path) for path in options.lowerdirs]
+    for path, st in zip(options.lowerdirs, lower_stats):
         ident = (st.st_dev, st.st_ino)
         if ident in traps:
             other = traps[ident]
             what = "lowerdir given twice" if other == "lowerdir" else f"lowerdir is also the {other}"
             raise MountError(errno.ELOOP, what, path)
+        traps[ident] = "lowerdir"
+    # As the kernel's overlapping-layers check, once every trap is set: a lowerdir inside any
+    # layer root, including a lowerdir listed after it, is refused.
+    for path in options.lowerdirs:
         for ancestor in _ancestor_ids(path):
             if ancestor in traps:
-                raise MountError(errno.ELOOP, f"lowerdir is inside the {traps[ancestor]}", path)
-        traps[ident] = "lowerdir"
+                other = traps[ancestor]
+                other = "another lowerdir" if other == "lowerdir" else f"the {other}"
+                raise MountError(errno.ELOOP, f"lowerdir is inside {other}", path)
     return set(traps)
 
 

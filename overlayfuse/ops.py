@@ -76,6 +76,7 @@ class Operations(pyfuse3.Operations):
         if tree.writable:
             self.copy_up = CopyUp(tree, self.xattr_names)
             self.namespace = Namespace(tree, self.copy_up)
+        tree.attrs_changed = self._invalidate_attrs
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, tuple[Node, list[bytes]]] = {}
         self._next_fh = 1
@@ -92,6 +93,13 @@ class Operations(pyfuse3.Operations):
         self._reported.add(key)
         log.error("%s failed with an unexpected error, answered EIO:\n%s", handler,
                   "".join(traceback.format_exception(error)))
+
+    def _invalidate_attrs(self, node: Node) -> None:
+        # Attribute-only invalidation touches no page locks: safe inside a handler.
+        try:
+            pyfuse3.invalidate_inode(node.ino, attr_only=True)
+        except OSError:
+            pass    # the kernel does not hold this inode (ENOENT): nothing is cached
 
     def _node(self, ino: int) -> Node:
         return self.tree.table.get(ino)
@@ -322,8 +330,11 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         copy_up, _ = self._writer()
         node = self._node(inode)
+        real = self.xattr_names.to_real(name)
+        # Removing what is not there fails without a copy-up, as in the kernel.
+        get_attr(*self.tree.xattr_target(node), real)
         await copy_up.ensure_upper(node)
-        remove_attr(*self.tree.xattr_target(node), self.xattr_names.to_real(name))
+        remove_attr(*self.tree.xattr_target(node), real)
 
     # ---- attributes ----------------------------------------------------------------------
 

@@ -191,6 +191,8 @@ def parse_args(argv: list[str]) -> MountOptions:
 
     paths: list[str] = args.paths
     workdir_chosen = False
+    if "lowerdir" not in settings and ("upperdir" in settings or "workdir" in settings):
+        raise MountError(errno.EINVAL, "no lowerdir given (add -o lowerdir=DIR[:DIR...])")
     if "lowerdir" in settings:
         if args.workdir is not None:
             settings.setdefault("workdir", args.workdir)
@@ -200,7 +202,8 @@ def parse_args(argv: list[str]) -> MountOptions:
         if len(paths) == 2:
             settings["source"] = paths[0]
         if "upperdir" in settings and "workdir" not in settings:
-            raise MountError(errno.EINVAL, "upperdir given without workdir")
+            raise MountError(errno.EINVAL, "upperdir given without workdir",
+                             settings["upperdir"])  # type: ignore[arg-type]
     else:
         if len(paths) == 3:
             settings["lowerdir"] = parse_layer_list(paths[0])

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import os
 
+AT_FDCWD = -100
 RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
 RENAME_WHITEOUT = 1 << 2
@@ -22,3 +23,23 @@ def renameat2(old_dir_fd: int, old_name: bytes, new_dir_fd: int, new_name: bytes
     if _renameat2(old_dir_fd, old_name, new_dir_fd, new_name, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), old_name)
+
+
+UTIME_OMIT = (1 << 30) - 2
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_utimensat = _libc.utimensat
+_utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+_utimensat.restype = ctypes.c_int
+
+
+def utimensat_omit_both(path: bytes) -> None:
+    """utimensat() with both times UTIME_OMIT: changes nothing (and copies nothing up)."""
+    times = (_Timespec * 2)(_Timespec(0, UTIME_OMIT), _Timespec(0, UTIME_OMIT))
+    if _utimensat(AT_FDCWD, path, times, 0x100) != 0:  # AT_SYMLINK_NOFOLLOW
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)

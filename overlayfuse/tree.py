@@ -12,6 +12,7 @@ import errno
 import os
 import stat
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .inodes import ROOT_INO, Node, NodeTable, UpperDirState
@@ -54,6 +55,8 @@ class Tree:
                          real_inos=tuple(layer.ino for layer in stack.layers),
                          identity=("root",), nlookup=1)
         self.table.add(self.root)
+        # Set by the FUSE edge: tells the kernel a node's cached attributes are stale.
+        self.attrs_changed: Callable[[Node], None] = lambda node: None
 
     # ---- directory fds -------------------------------------------------------------------
 
