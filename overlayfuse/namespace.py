@@ -66,6 +66,7 @@ class Namespace:
     def _owner(self, parent: Node, caller: Caller, mode: int) -> tuple[int, int, int]:
         """(uid, gid, mode) of a new object: a setgid directory passes on its group (and, to
         directories, its setgid bit)."""
+        self.copy_up.directory(parent)
         parent_st = os.stat(self.tree.dir_fd(parent, UPPER))
         gid = caller.gid
         if parent_st.st_mode & stat.S_ISGID:
