@@ -71,10 +71,14 @@ def both(make_stack: Callable[..., dict], mount_ofs: Callable[..., object],
 
 
 @pytest.fixture(autouse=True, scope="session")
-def no_leaked_mounts() -> Iterator[None]:
+def no_leaked_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Only this session's temporary tree: other test sessions may be running on the machine
+    # at the same time, and their mounts are theirs.
+    base = str(tmp_path_factory.getbasetemp().resolve()) + "/"
     yield
     with open("/proc/self/mountinfo") as mountinfo:
-        leaked = [line.split()[4] for line in mountinfo if "pytest-" in line.split()[4]]
+        targets = [mounts._unescape(line.split()[4]) for line in mountinfo]
+    leaked = [path for path in targets if path.startswith(base)]
     for path in leaked:
         mounts.unmount(path)
     assert not leaked, f"tests left mounts behind: {leaked}"

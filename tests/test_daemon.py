@@ -1,0 +1,351 @@
+"""Daemon lifecycle: daemonizing, unmount by fusermount3 / umount, signals, mount(8) with
+`-t fuse.overlayfuse`, and a podman-style command line.
+
+A daemonized overlayfuse is nobody's child by the time it serves. To see how it exits, every
+such command runs under a small "reaper" process that is a child subreaper
+(PR_SET_CHILD_SUBREAPER): the daemon is re-parented to it, and it reports each exit status.
+Daemons are found by pid through /proc/PID/cmdline (which holds the test's unique mountpoint)
+and only ever signalled by that pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from layerspec import build_stack, raw_snapshot
+from overlayfuse import mounts
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+BIN = Path(sys.executable).parent
+COMMAND = str(BIN / "overlayfuse")
+WAIT = 15.0
+
+REAPER = r"""
+import ctypes, json, os, subprocess, sys
+PR_SET_CHILD_SUBREAPER = 36
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    sys.exit("prctl failed")
+def say(**event):
+    print(json.dumps(event), flush=True)
+result = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+say(event="returned", code=result.returncode, stdout=result.stdout, stderr=result.stderr)
+while True:
+    try:
+        pid, status = os.waitpid(-1, 0)
+    except ChildProcessError:
+        break
+    say(event="exited", pid=pid, code=os.waitstatus_to_exitcode(status))
+say(event="done")
+"""
+
+
+class Reaper:
+    """Runs a command under a subreaper; reports its return and every orphan's exit."""
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", REAPER, *command],
+                                        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                        env=env, text=True)
+        self.exits: dict[int, int] = {}
+        self.done = False
+
+    def next_event(self, timeout: float = WAIT) -> dict:
+        assert self.process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout):
+                raise TimeoutError("no word from the reaper")
+        line = self.process.stdout.readline()
+        if not line:
+            raise EOFError("the reaper ended early")
+        event = json.loads(line)
+        if event["event"] == "exited":
+            self.exits[event["pid"]] = event["code"]
+        elif event["event"] == "done":
+            self.done = True
+        return event
+
+    def returned(self) -> dict:
+        while (event := self.next_event())["event"] != "returned":
+            pass
+        return event
+
+    def exit_code(self, pid: int, timeout: float = WAIT) -> int:
+        deadline = time.monotonic() + timeout
+        while pid not in self.exits:
+            if self.done:
+                raise AssertionError(f"process {pid} was not reaped by the reaper")
+            self.next_event(max(0.1, deadline - time.monotonic()))
+        return self.exits[pid]
+
+    def close(self) -> None:
+        try:
+            self.process.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def processes_serving(mountpoint: Path, exclude: set[int] = frozenset()) -> list[int]:
+    """Live overlayfuse processes whose command line names this mountpoint."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == "Z":
+            continue
+        if os.fsencode(mountpoint) in argv and any(b"overlayfuse" in a for a in argv):
+            found.append(int(entry))
+    return found
+
+
+def the_daemon(mountpoint: Path, reaper: Reaper) -> int:
+    # The intermediate process of the double fork may take a moment to be gone.
+    deadline = time.monotonic() + 5
+    while len(pids := processes_serving(mountpoint, exclude={reaper.process.pid})) > 1 \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(pids) == 1, f"expected one daemon for {mountpoint}, found {pids}"
+    return pids[0]
+
+
+def wait_gone(pid: int, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} still running")
+        time.sleep(0.02)
+
+
+def stop_by_pid(pid: int) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            wait_gone(pid, 5)
+            return
+        except TimeoutError:
+            continue
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> dict:
+    return build_stack(tmp_path / "s", [{"top": "file:top", "d/x": "file:x"},
+                                        {"bottom": "file:bottom", "d/y": "file:y"}],
+                       {"up": "file:up"})
+
+
+@pytest.fixture
+def reaped() -> Iterator[list[tuple[Reaper, Path]]]:
+    """Reapers started by a test, each with its mountpoint: cleaned up whatever happened."""
+    started: list[tuple[Reaper, Path]] = []
+    yield started
+    for reaper, mountpoint in started:
+        leftover = processes_serving(mountpoint, exclude={reaper.process.pid})
+        mounts.unmount(mountpoint)
+        for pid in leftover:
+            stop_by_pid(pid)
+        reaper.close()
+
+
+def start(reaped: list, command: list[str], mountpoint: Path,
+          env: dict[str, str] | None = None) -> Reaper:
+    reaper = Reaper(command, env)
+    reaped.append((reaper, mountpoint))
+    return reaper
+
+
+def mount_options(stack: dict) -> str:
+    lowers = ":".join(str(p) for p in stack["lowers"])
+    return f"lowerdir={lowers},upperdir={stack['upper']},workdir={stack['work']}"
+
+
+EXPECTED_TOP = ["bottom", "d", "top", "up"]
+
+
+def test_daemon_mode_returns_once_the_mount_is_live(stack: dict, reaped: list) -> None:
+    merged = stack["merged"]
+    reaper = start(reaped, [COMMAND, "-o", mount_options(stack), str(merged)], merged)
+    returned = reaper.returned()
+    assert returned["code"] == 0, returned["stderr"]
+    assert "Traceback" not in returned["stderr"]
+    # Live at once: no waiting, no polling.
+    assert sorted(os.listdir(merged)) == EXPECTED_TOP
+    assert (merged / "d/y").read_text() == "y"
+    pid = the_daemon(merged, reaper)
+    for fd in (0, 1, 2):
+        assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null", fd
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    assert os.getsid(pid) != os.getsid(0)          # detached from our session
+    with open(f"/proc/{pid}/status") as status:
+        ppid = int(next(line for line in status if line.startswith("PPid:")).split()[1])
+    assert ppid == reaper.process.pid               # orphaned, not a child of the command
+    result = subprocess.run(["fusermount3", "-u", str(merged)], capture_output=True)
+    assert result.returncode == 0
+    assert reaper.exit_code(pid) == 0
+    assert not mounts.is_mounted(merged)
+
+
+@pytest.mark.parametrize("how", [["fusermount3", "-u"], ["umount"]], ids=["fusermount3", "umount"])
+def test_unmount_ends_the_daemon(stack: dict, reaped: list, how: list[str]) -> None:
+    merged = stack["merged"]
+    reaper = start(reaped, [COMMAND, "-o", mount_options(stack), str(merged)], merged)
+    assert reaper.returned()["code"] == 0
+    pid = the_daemon(merged, reaper)
+    assert sorted(os.listdir(merged)) == EXPECTED_TOP
+    result = subprocess.run([*how, str(merged)], capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert reaper.exit_code(pid) == 0
+    assert not Path(f"/proc/{pid}").exists()
+    assert not mounts.is_mounted(merged)
+
+
+@pytest.mark.parametrize("how", [["fusermount3", "-u", "-z"], ["umount", "-l"]],
+                         ids=["fusermount3", "umount"])
+def test_lazy_unmount_with_an_open_file(stack: dict, reaped: list, how: list[str]) -> None:
+    merged = stack["merged"]
+    reaper = start(reaped, [COMMAND, str(stack["lowers"][0]) + ":" + str(stack["lowers"][1]),
+                            str(stack["upper"]), str(merged), "--workdir", str(stack["work"])],
+                   merged)
+    assert reaper.returned()["code"] == 0
+    pid = the_daemon(merged, reaper)
+    with open(merged / "top") as held:
+        subprocess.run([*how, str(merged)], check=True, capture_output=True)
+        assert not mounts.is_mounted(merged)
+        assert held.read() == "top"            # still served while the file is open
+    # The last reference is gone: the daemon ends.
+    assert reaper.exit_code(pid) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_unmounts_a_foreground_daemon(stack: dict, tmp_path: Path, sig: int) -> None:
+    merged = stack["merged"]
+    with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"], merged,
+                            log_file=tmp_path / "log") as process:
+        # Serving (so the signal handler is in place), then signalled.
+        assert sorted(os.listdir(merged)) == EXPECTED_TOP
+        process.send_signal(sig)
+        assert process.wait(timeout=WAIT) == 0
+        assert not mounts.is_mounted(merged)
+    log = (tmp_path / "log").read_text()
+    assert "Traceback" not in log
+    assert f"received signal {int(sig)}" in log
+
+
+# Where /bin/sh looks when it has no PATH: util-linux mount(8) drops PATH from the
+# environment before it runs /sbin/mount.fuse3, which runs `/bin/sh -c 'overlayfuse' ...`.
+SH_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _check_fuse_mount(merged: Path, reaper: Reaper, source: str) -> None:
+    returned = reaper.returned()
+    assert returned["code"] == 0, returned["stderr"]
+    assert sorted(os.listdir(merged)) == EXPECTED_TOP
+    with open("/proc/self/mountinfo") as mountinfo:
+        fields = next(line.split() for line in mountinfo if line.split()[4] == str(merged))
+    separator = fields.index("-")
+    assert fields[separator + 1:separator + 3] == ["fuse.overlayfuse", source]
+    pid = the_daemon(merged, reaper)
+    assert subprocess.run(["umount", str(merged)], capture_output=True).returncode == 0
+    assert reaper.exit_code(pid) == 0
+    assert not mounts.is_mounted(merged)
+
+
+@pytest.mark.skipif(shutil.which("overlayfuse", path=SH_DEFAULT_PATH) is None,
+                    reason="mount(8) runs its helpers without PATH: overlayfuse must be "
+                           f"installed in {SH_DEFAULT_PATH} for `mount -t fuse.overlayfuse`")
+def test_mount_t_fuse_overlayfuse(stack: dict, reaped: list) -> None:
+    merged = stack["merged"]
+    reaper = start(reaped, ["mount", "-t", "fuse.overlayfuse", "overlay", str(merged),
+                            "-o", mount_options(stack)], merged)
+    _check_fuse_mount(merged, reaper, "overlay")
+
+
+def test_mount_fuse3_helper_finds_overlayfuse_in_path(stack: dict, reaped: list) -> None:
+    # What `mount -t fuse.overlayfuse overlay MNT -o ...` runs, with PATH reaching .venv/bin.
+    merged = stack["merged"]
+    helper = shutil.which("mount.fuse3", path="/sbin:/usr/sbin") or "mount.fuse3"
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', SH_DEFAULT_PATH)}")
+    reaper = start(reaped, [helper, "overlay", str(merged), "-o", "rw," + mount_options(stack),
+                            "-t", "fuse.overlayfuse"], merged, env=env)
+    _check_fuse_mount(merged, reaper, "overlay")
+
+
+def test_mount_t_fuse_with_the_program_in_the_source(stack: dict, reaped: list) -> None:
+    # mount(8) -> mount.fuse3 -> overlayfuse, the whole chain, the program named in the
+    # source as `PROGRAM#SOURCE` (no PATH look-up needed).
+    merged = stack["merged"]
+    reaper = start(reaped, ["mount", "-t", "fuse", f"{COMMAND}#overlay", str(merged),
+                            "-o", mount_options(stack)], merged)
+    _check_fuse_mount(merged, reaper, "overlay")
+
+
+def test_podman_style_command_line(stack: dict, reaped: list) -> None:
+    merged = stack["merged"]
+    lowers = ":".join(str(p) for p in stack["lowers"])
+    options = f"lowerdir={lowers},upperdir={stack['upper']},workdir={stack['work']},,volatile,"
+    before_lowers = [raw_snapshot(p) for p in stack["lowers"]]
+    reaper = start(reaped, [COMMAND, "-o", options, str(merged)], merged)
+    returned = reaper.returned()
+    assert returned["code"] == 0, returned["stderr"]
+    assert returned["stderr"] == "" and returned["stdout"] == ""
+    assert sorted(os.listdir(merged)) == EXPECTED_TOP
+    assert (merged / "bottom").read_text() == "bottom"
+    pid = the_daemon(merged, reaper)
+    assert subprocess.run(["fusermount3", "-u", str(merged)], capture_output=True).returncode == 0
+    assert reaper.exit_code(pid) == 0
+    assert [raw_snapshot(p) for p in stack["lowers"]] == before_lowers
+
+
+def test_warning_goes_to_the_terminal_before_detaching(stack: dict, reaped: list) -> None:
+    merged = stack["merged"]
+    reaper = start(reaped, [COMMAND, "-o", mount_options(stack) + ",frobnicate", str(merged)],
+                   merged)
+    returned = reaper.returned()
+    assert returned["code"] == 0
+    lines = returned["stderr"].splitlines()
+    assert len(lines) == 1 and "warning" in lines[0] and "frobnicate" in lines[0]
+    assert sorted(os.listdir(merged)) == EXPECTED_TOP
+    pid = the_daemon(merged, reaper)
+    mounts.unmount(merged)
+    assert reaper.exit_code(pid) == 0
+
+
+def test_failed_mount_in_daemon_mode_leaves_no_process(stack: dict, reaped: list,
+                                                       tmp_path: Path) -> None:
+    # The mountpoint is already a mount point of something that cannot be stacked on by
+    # this check: here simply a missing layer, refused before any fork.
+    merged = stack["merged"]
+    reaper = start(reaped, [COMMAND, "-o", f"lowerdir={tmp_path}/missing", str(merged)], merged)
+    returned = reaper.returned()
+    assert returned["code"] != 0 and len(returned["stderr"].splitlines()) == 1
+    while not reaper.done:
+        reaper.next_event()
+    assert reaper.exits == {}                      # nothing was forked
+    assert not mounts.is_mounted(merged)
