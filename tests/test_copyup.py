@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from layerspec import describe
+from overlayfuse.compare.trees import describe
 from overlayfuse import mounts
 
 BIG = 1 << 30

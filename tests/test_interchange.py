@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from layerspec import snapshot
-from overlayfuse.fsops import apply_all
+from overlayfuse.compare.trees import snapshot
+from overlayfuse.compare.fsops import apply_all
 from test_write_semantics import DIR_SCENARIOS, LOWERS, SCENARIOS, UPPER, _expand
 
 SKIP = {"rename-exchange", "link", "rename", "rename-into-dir", "unlink-mkdir", "unlink-symlink",

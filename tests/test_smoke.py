@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from layerspec import snapshot
+from overlayfuse.compare.trees import snapshot
 
 STACK = [
     {"f": "file:top", "d/y": "file:y", "g": "whiteout", ".": "dir", "h": "oci-whiteout",

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from layerspec import raw_snapshot, snapshot
-from overlayfuse.fsops import apply_all
+from overlayfuse.compare.trees import raw_snapshot, snapshot
+from overlayfuse.compare.fsops import apply_all
 from overlayfuse.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE
 
 LOWERS = [

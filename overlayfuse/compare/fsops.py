@@ -15,7 +15,7 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .syscalls import AT_FDCWD, renameat2, utimensat_omit_both
+from ..syscalls import AT_FDCWD, renameat2, utimensat_omit_both
 
 Op = tuple
 

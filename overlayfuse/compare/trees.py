@@ -73,7 +73,10 @@ def build_stack(base: Path, lowers: list[dict[str, str]], upper: dict[str, str] 
 
 def describe(path: Path, with_xattrs: bool = True) -> dict[str, object]:
     """What a user sees of one object (no inode numbers or times)."""
-    st = os.lstat(path)
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return {"error": e.errno}
     info: dict[str, object] = {
         "type": stat.S_IFMT(st.st_mode),
         "mode": stat.S_IMODE(st.st_mode),

@@ -1,0 +1,126 @@
+"""Random layer stacks and operation sequences (hypothesis strategies), and the translation of
+a stack into the form kernel overlayfs reads.
+
+Kernel overlayfs ignores OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) and, without `userxattr`,
+user.overlay.opaque. overlayfuse honours them (intended divergences, docs/behaviour.md). The
+reference stack for the kernel therefore gets the same meaning in the kernel's own markers;
+nothing in the comparison is loosened.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from hypothesis import strategies as st
+
+from ..syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE
+
+NAMES = ("a", "b", "c")
+MAX_DEPTH = 3
+
+LOWER_KINDS = ("file", "dir", "symlink", "whiteout", "oci-whiteout", "opaque", "oci-opaque",
+               "user-opaque", "fifo", "link")
+UPPER_KINDS = ("file", "dir", "symlink", "whiteout", "opaque", "fifo", "link")
+DIR_KINDS = ("dir", "opaque", "oci-opaque", "user-opaque")
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    lowers: tuple[dict[str, str], ...]     # top first
+    upper: dict[str, str]
+
+
+paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=MAX_DEPTH).map("/".join)
+texts = st.text(alphabet="xyz", min_size=0, max_size=6)
+
+
+def _entries(kinds: tuple[str, ...]) -> st.SearchStrategy[str]:
+    def entry(kind: str) -> st.SearchStrategy[str]:
+        if kind == "file":
+            return texts.map(lambda text: f"file:{text}")
+        if kind == "symlink":
+            return st.sampled_from(["a", "../b", "c/a", "/etc", "."]).map(lambda t: f"symlink:{t}")
+        if kind == "link":
+            return paths.map(lambda p: f"link:{p}")
+        return st.just(kind)
+    return st.sampled_from(kinds).flatmap(entry)
+
+
+def normalize(spec: dict[str, str]) -> dict[str, str]:
+    """Drop entries that cannot be laid out: under a non-directory, on a name already taken,
+    hard links to something that is not an earlier regular file."""
+    kept: dict[str, str] = {}
+    for path in sorted(spec, key=lambda p: (p.count("/"), p)):
+        what = spec[path]
+        parts = path.split("/")
+        parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        if any(p in kept and kept[p].partition(":")[0] not in DIR_KINDS for p in parents):
+            continue
+        if path in kept:
+            continue
+        if what.startswith("link:") and not kept.get(what[5:], "").startswith("file:"):
+            continue
+        for parent in parents:
+            kept.setdefault(parent, "dir")
+        kept[path] = what
+    return kept
+
+
+@st.composite
+def stack_specs(draw: st.DrawFn) -> StackSpec:
+    nlowers = draw(st.integers(1, 3))
+    lowers = tuple(normalize(draw(st.dictionaries(paths, _entries(LOWER_KINDS), max_size=8)))
+                   for _ in range(nlowers))
+    upper = normalize(draw(st.dictionaries(paths, _entries(UPPER_KINDS), max_size=5)))
+    return StackSpec(lowers, upper)
+
+
+def kernel_form(spec: dict[str, str]) -> dict[str, str]:
+    """The same layer with OCI markers and user.overlay.opaque in the kernel's own form."""
+    translated = {}
+    for path, what in spec.items():
+        if what == "oci-whiteout":
+            translated[path] = "whiteout"
+        elif what in ("oci-opaque", "user-opaque"):
+            translated[path] = "opaque"
+        else:
+            translated[path] = what
+    return translated
+
+
+OPEN_FLAGS = [os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_APPEND,
+              os.O_RDWR | os.O_TRUNC, os.O_RDONLY | os.O_CREAT, os.O_WRONLY | os.O_CREAT,
+              os.O_WRONLY | os.O_CREAT | os.O_EXCL, os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+              os.O_RDONLY | os.O_TRUNC]
+XATTR_NAMES = ["user.x", "user.y", "trusted.overlay.opaque", "trusted.z"]
+RENAME_FLAGS = [0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE]
+
+operations = st.one_of(
+    st.tuples(st.just("open"), paths, st.sampled_from(OPEN_FLAGS)),
+    st.tuples(st.just("read"), paths),
+    st.tuples(st.just("write"), paths, st.integers(0, 8), st.text("pq", min_size=1, max_size=4)),
+    st.tuples(st.just("append"), paths, st.text("pq", min_size=1, max_size=4)),
+    st.tuples(st.just("truncate"), paths, st.integers(0, 8)),
+    st.tuples(st.just("chmod"), paths, st.sampled_from([0o600, 0o755, 0o4755, 0o1777, 0o644])),
+    st.tuples(st.just("chown"), paths, st.sampled_from([0, 1000]), st.sampled_from([0, 1000])),
+    st.tuples(st.just("utime"), paths, st.just(10**9), st.integers(0, 3).map(lambda n: n * 10**9)),
+    st.tuples(st.just("utime_omit"), paths),
+    st.tuples(st.just("setxattr"), paths, st.sampled_from(XATTR_NAMES), texts),
+    st.tuples(st.just("removexattr"), paths, st.sampled_from(XATTR_NAMES)),
+    st.tuples(st.just("getxattr"), paths, st.sampled_from(XATTR_NAMES)),
+    st.tuples(st.just("listxattr"), paths),
+    st.tuples(st.just("mkdir"), paths, st.sampled_from([0o755, 0o700])),
+    st.tuples(st.just("rmdir"), paths),
+    st.tuples(st.just("unlink"), paths),
+    st.tuples(st.just("rename"), paths, paths, st.sampled_from(RENAME_FLAGS)),
+    st.tuples(st.just("link"), paths, paths),
+    st.tuples(st.just("symlink"), st.sampled_from(["a", "../b", "/etc"]), paths),
+    st.tuples(st.just("mknod"), paths, st.just("fifo")),
+    st.tuples(st.just("listdir"), st.one_of(st.just("."), paths)),
+    st.tuples(st.just("stat"), paths),
+    st.tuples(st.just("readlink"), paths),
+    st.tuples(st.just("remount")),
+)
+
+operation_lists = st.lists(operations, min_size=1, max_size=25)
