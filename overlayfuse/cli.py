@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ops = Operations(Tree(stack), timeout=options.timeout, debug=options.debug)
     try:
         return run(ops, options, stack)
+    except MountError as e:
+        return _fail(str(e), EXIT_MOUNT)
     except RuntimeError as e:
         return _fail(f"cannot mount on {stack.mountpoint}: {e}", EXIT_MOUNT)
     except KeyboardInterrupt:

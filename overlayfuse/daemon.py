@@ -7,6 +7,7 @@ background case the command then forks twice; the daemon detaches from stdio and
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
@@ -16,6 +17,7 @@ import sys
 import pyfuse3
 import trio
 
+from .errors import MountError
 from .layers import Stack
 from .options import MountOptions
 
@@ -24,22 +26,32 @@ READY = b"R"
 
 
 def fuse_options(options: MountOptions, stack: Stack) -> set[str]:
+    """Our defaults, then the user's options (a user's fsname= or subtype= replaces ours)."""
     fsname = options.source.replace(",", "_").replace("\\", "_")
     chosen = {"default_permissions", f"fsname={fsname}", "subtype=overlayfuse"}
     if os.geteuid() == 0:
-        # Kernel overlayfs is usable by every user; FUSE mounts are not without allow_other.
-        chosen.add("allow_other")
-    chosen.update(options.fuse_options)
+        # Like kernel overlayfs: usable by every user, and device nodes and setuid programs
+        # work (FUSE's defaults are nodev,nosuid and only the mounter).
+        chosen.update({"allow_other", "dev", "suid"})
+    for option in options.fuse_options:
+        key = option.partition("=")[0]
+        opposite = {"dev": "nodev", "nodev": "dev", "suid": "nosuid", "nosuid": "suid"}.get(key)
+        chosen = {c for c in chosen if c.partition("=")[0] not in (key, opposite)}
+        chosen.add(option)
     if stack.read_only:
         chosen.add("ro")
     return chosen
 
 
-def setup_logging(options: MountOptions) -> None:
-    level = logging.DEBUG if options.debug else logging.INFO
+def log_handler(options: MountOptions) -> logging.Handler:
+    """Made before the mount, so that a log file that cannot be opened is a clean error."""
     handler: logging.Handler
     if options.log_file is not None:
-        handler = logging.FileHandler(options.log_file)
+        try:
+            handler = logging.FileHandler(options.log_file)
+        except OSError as e:
+            raise MountError(e.errno or errno.EIO, "cannot open the log file",
+                             options.log_file) from None
     elif options.foreground:
         handler = logging.StreamHandler(sys.stderr)
     elif os.path.exists("/dev/log"):
@@ -47,8 +59,12 @@ def setup_logging(options: MountOptions) -> None:
     else:
         handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("overlayfuse[%(process)d]: %(levelname)s %(message)s"))
+    return handler
+
+
+def setup_logging(handler: logging.Handler, debug: bool) -> None:
     log.addHandler(handler)
-    log.setLevel(level)
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
 
 
@@ -99,9 +115,10 @@ async def serve(ready_fd: int | None) -> bool:
 
 
 def run(ops: pyfuse3.Operations, options: MountOptions, stack: Stack) -> int:
+    handler = log_handler(options)
     pyfuse3.init(ops, stack.mountpoint, fuse_options(options, stack))
     ready_fd = None if options.foreground else detach()
-    setup_logging(options)
+    setup_logging(handler, options.debug)
     log.info("serving %s", stack.mountpoint)
     try:
         signalled = trio.run(serve, ready_fd)

@@ -323,7 +323,14 @@ class Namespace:
             self._delete_in_work(temp)
         self._mark_opaque_if_needed(source, new_parent)
         whiteout = self.lower_positive(old_parent, old_name)
-        if whiteout:
+        occupant = self._upper_entry(new_parent, new_name)
+        if source.is_dir and occupant is not None and is_whiteout(occupant):
+            # A directory cannot replace the whiteout's chardev: swap them instead, and keep
+            # the whiteout at the old name only if something below needs hiding there.
+            renameat2(old_fd, old_name, new_fd, new_name, RENAME_EXCHANGE)
+            if not whiteout:
+                os.unlink(old_name, dir_fd=old_fd)
+        elif whiteout:
             try:
                 renameat2(old_fd, old_name, new_fd, new_name, RENAME_WHITEOUT)
             except PermissionError:

@@ -22,14 +22,15 @@ from .errors import MountError, UsageError
 FUSE_FLAG_OPTIONS = frozenset({
     "allow_other", "allow_root", "auto_unmount", "default_permissions",
     "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec",
-    "async", "sync", "dirsync", "atime", "noatime", "diratime", "nodiratime",
-    "relatime", "norelatime", "strictatime", "lazytime", "nolazytime",
+    "async", "sync", "dirsync", "atime", "noatime",
 })
 FUSE_VALUE_OPTIONS = frozenset({"fsname", "subtype"})
 
-# Options that mount(8)/mount.fuse3 or podman may pass and that need no action from us.
+# Options that mount(8)/mount.fuse3 or podman may pass and that need no action from us
+# (libfuse refuses the atime variants other than atime/noatime).
 SILENT_OPTIONS = frozenset({"defaults", "nofail", "_netdev", "user", "users", "nouser",
-                            "noauto", "auto", "private"})
+                            "noauto", "auto", "private", "diratime", "nodiratime", "relatime",
+                            "norelatime", "strictatime", "lazytime", "nolazytime"})
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ def parse_args(argv: list[str]) -> MountOptions:
         workdir_chosen=workdir_chosen,
         foreground=bool(args.foreground) or (debug and args.log_file is None),
         debug=debug,
-        log_file=args.log_file,
+        log_file=os.path.abspath(args.log_file) if args.log_file else None,
         fuse_options=frozenset(fuse_options),
         read_only=bool(settings.get("read_only", False)),
         volatile=bool(settings.get("volatile", False)),

@@ -234,8 +234,12 @@ class Tree:
             else:
                 self.table.add_link(node, parent, name)
             return node
-        dev = self.stack.layers[found.layers[0]].dev
-        node = Node(ino=self.table.choose_ino(dev, found.real_inos[0]), parent=parent,
+        # A merged dir with an upper part is numbered after its topmost lower dir, as the
+        # kernel does (its origin): the number then survives copy-up and remount alike.
+        source = 1 if found.is_dir and len(found.layers) > 1 and found.layers[0] == UPPER \
+            and self.writable else 0
+        dev = self.stack.layers[found.layers[source]].dev
+        node = Node(ino=self.table.choose_ino(dev, found.real_inos[source]), parent=parent,
                     name=name, is_dir=found.is_dir, layers=found.layers,
                     real_inos=found.real_inos, identity=identity)
         self.table.add(node)

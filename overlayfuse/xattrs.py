@@ -1,5 +1,5 @@
-"""Extended attributes seen through the mount: our private markers hidden, and names in the
-private namespace escaped the way kernel overlayfs does (trusted.overlay.X is stored as
+"""Extended attributes seen through the mount: private markers hidden, and names in the
+private namespaces escaped the way kernel overlayfs does (trusted.overlay.X is stored as
 trusted.overlay.overlay.X)."""
 
 from __future__ import annotations
@@ -14,22 +14,38 @@ XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
 
 
+PRIVATE_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+
+
 class XattrNames:
+    """Both overlay namespaces are private in every mode: user.overlay.opaque is honoured
+    as a marker even as root (layers made by unprivileged tools carry it), so it must be
+    hidden and never copied up like trusted.overlay.* (docs/behaviour.md)."""
+
     def __init__(self, private_prefix: bytes) -> None:
-        self.prefix = private_prefix            # trusted.overlay. or user.overlay.
+        self.prefix = private_prefix            # where our own markers go
+
+    @staticmethod
+    def _private(name: bytes) -> bytes | None:
+        for prefix in PRIVATE_PREFIXES:
+            if name.startswith(prefix):
+                return prefix
+        return None
 
     def to_real(self, name: bytes) -> bytes:
         """The name stored in the layer for a name asked for through the mount."""
-        if name.startswith(self.prefix):
-            return self.prefix + ESCAPE + name[len(self.prefix):]
+        prefix = self._private(name)
+        if prefix is not None:
+            return prefix + ESCAPE + name[len(prefix):]
         return name
 
     def to_visible(self, real: bytes) -> bytes | None:
-        """The name shown through the mount for a stored one; None for our private markers."""
-        if real.startswith(self.prefix):
-            rest = real[len(self.prefix):]
+        """The name shown through the mount for a stored one; None for private markers."""
+        prefix = self._private(real)
+        if prefix is not None:
+            rest = real[len(prefix):]
             if rest.startswith(ESCAPE):
-                return self.prefix + rest[len(ESCAPE):]
+                return prefix + rest[len(ESCAPE):]
             return None
         return real
 

@@ -24,7 +24,8 @@ MKNOD_KINDS = {"fifo": stat.S_IFIFO, "sock": stat.S_IFSOCK, "chr": stat.S_IFCHR,
 
 
 def _open(path: Path, flags: int, mode: int = 0o644) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    # O_NONBLOCK: opening a fifo must not wait for a peer.
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
 
 
 def _read(root: Path, path: str) -> str:

@@ -163,6 +163,28 @@ def _compare_trees(kind: str, kernel: dict, tested: dict) -> list[Divergence]:
     return found
 
 
+class _Timeout(Exception):
+    pass
+
+
+def _raise_timeout(signum: int, frame: object) -> None:
+    raise _Timeout
+
+
+def _apply_bounded(root: Path, op: Op, seconds: float = 10.0) -> str:
+    """apply(), but an operation that blocks (a hung implementation) is reported, not
+    waited for."""
+    previous = signal.signal(signal.SIGALRM, _raise_timeout)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return apply(root, op)
+    except _Timeout:
+        return "TIMEOUT"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run_example(base: Path, spec: StackSpec, ops: Sequence[Op], mount_tested: TemplateMount
                 ) -> Example:
     """Run `ops` on both sides; stop at the first divergent outcome (later ones would only
@@ -185,8 +207,8 @@ def run_example(base: Path, spec: StackSpec, ops: Sequence[Op], mount_tested: Te
                     stack.enter_context(_kernel(kernel_stack))
                     stack.enter_context(mount_tested(tested_stack))
                     continue
-                kernel_result = apply(kernel_stack["merged"], op)
-                tested_result = apply(tested_stack["merged"], op)
+                kernel_result = _apply_bounded(kernel_stack["merged"], op)
+                tested_result = _apply_bounded(tested_stack["merged"], op)
                 if kernel_result != tested_result:
                     example.divergences.append(Divergence(
                         "outcome", ",".join(map(str, op)), kernel_result, tested_result, step))

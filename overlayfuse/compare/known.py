@@ -37,8 +37,9 @@ KNOWN: tuple[Known, ...] = (
           "honoured (podman's committed layers use them); the kernel ignores them",
           "translated"),
     Known("user-opaque-everywhere", "user.overlay.opaque=y marks a directory opaque in every "
-          "mode (layers written by unprivileged tools carry it); the kernel reads it only with "
-          "-o userxattr", "translated"),
+          "mode (layers written by unprivileged tools carry it), so user.overlay.* is private "
+          "as root too (hidden, escaped when set); the kernel reads it only with -o userxattr",
+          "translated"),
     Known("reserved-wh-names", "names starting with `.wh.` cannot be created through the mount "
           "(EINVAL): they would read back as whiteouts", "classified", _reserved_name),
     Known("stray-whiteouts", "a whiteout in a directory that is not merged (nothing below it "
