@@ -129,6 +129,16 @@ class Operations(pyfuse3.Operations):
         entry.entry_timeout = self.timeout
         return entry
 
+    def _unreachable_entry(self) -> pyfuse3.EntryAttributes:
+        """Attributes for a listed name whose lookup fails: a number of its own (readdir
+        skips d_ino 0), and no caching, so that every access looks it up and gets the error."""
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = self.tree.table.synthetic_ino()
+        entry.st_mode = stat.S_IFDIR    # what a trap (a layer root met inside a layer) is
+        entry.entry_timeout = 0
+        entry.attr_timeout = 0
+        return entry
+
     def _new_fh(self) -> int:
         fh = self._next_fh
         self._next_fh += 1
@@ -227,7 +237,10 @@ class Operations(pyfuse3.Operations):
             try:
                 found = self.tree.lookup(node, name)
             except OSError:
-                found = None
+                # Listed all the same, as the kernel does (a lookup then gives the error).
+                if not pyfuse3.readdir_reply(token, name, self._unreachable_entry(), index + 1):
+                    return
+                continue
             if found is None:
                 continue
             child, st = found
