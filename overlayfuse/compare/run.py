@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from .. import mounts
 from .harness import OVERLAYFUSE_TEMPLATE, Divergence, Example, TemplateMount, run_example
 from .known import explain
-from .stacks import StackSpec, operation_lists, stack_specs
+from .stacks import StackSpec, examples
 
 
 class _Found(Exception):
@@ -46,34 +46,34 @@ class Report:
         return {divergence.signature for divergence, _ in self.found}
 
 
-def explore(template: str, examples: int, random_seed: int, workdir: Path,
+def explore(template: str, budget: int, random_seed: int, workdir: Path,
             shrink: bool = True, progress: Callable[[int], None] | None = None) -> Report:
-    """Run up to `examples` examples; each new kind of divergence is shrunk and recorded,
+    """Run up to `budget` examples; each new kind of divergence is shrunk and recorded,
     and the search goes on for other kinds."""
     report = Report()
     mount = TemplateMount(template)
     started = time.monotonic()
     attempt = 0
-    while report.examples < examples:
-        budget = examples - report.examples
+    while report.examples < budget:
         known_signatures = report.signatures
 
-        @settings(max_examples=budget, database=None, deadline=None, derandomize=False,
+        @settings(max_examples=budget - report.examples, database=None, deadline=None, derandomize=False,
                   suppress_health_check=list(HealthCheck),
                   phases=[Phase.generate, Phase.shrink] if shrink else [Phase.generate])
         @seed(random_seed + attempt)
-        @given(spec=stack_specs(), ops=operation_lists)
-        def check(spec: StackSpec, ops: list) -> None:
+        @given(example=examples())
+        def check(example: tuple[StackSpec, list]) -> None:
+            spec, ops = example
             report.examples += 1
             if progress is not None:
                 progress(report.examples)
-            example = run_example(workdir / "example", spec, ops, mount)
-            for divergence in example.divergences:
+            result = run_example(workdir / "example", spec, ops, mount)
+            for divergence in result.divergences:
                 known = explain(divergence)
                 if known is not None:
                     report.explained[known.name] = report.explained.get(known.name, 0) + 1
                 elif divergence.signature not in known_signatures:
-                    raise _Found(example, divergence)
+                    raise _Found(result, divergence)
 
         try:
             check()
