@@ -162,6 +162,7 @@ class CopyUp:
         else:
             node.layers = (UPPER,)
             node.real_inos = (st.st_ino,)
+            node.lower_st = None
         # A merged dir reports st_nlink 1; a lower hard link becomes a single link.
         self.tree.attrs_changed(node)
 

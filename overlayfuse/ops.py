@@ -226,6 +226,7 @@ class Operations(pyfuse3.Operations):
         node, names = self._dirs[fh]
         if start_id == 0:
             names[2:] = self.tree.list_names(node)
+        upper_names = self.tree.upper_names(node)
         for index in range(start_id, len(names)):
             name = names[index]
             if index < 2:
@@ -235,7 +236,7 @@ class Operations(pyfuse3.Operations):
                     return
                 continue
             try:
-                found = self.tree.lookup(node, name)
+                found = self.tree.lookup(node, name, upper_names)
             except OSError:
                 # Listed all the same, as the kernel does (a lookup then gives the error).
                 if not pyfuse3.readdir_reply(token, name, self._unreachable_entry(), index + 1):
@@ -263,6 +264,7 @@ class Operations(pyfuse3.Operations):
     @_edge
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
+        node.lower_st = None    # reading may move the lower file's atime
         if flags & COPY_UP_FLAGS:
             copy_up, _ = self._writer()
             await copy_up.ensure_upper(node)

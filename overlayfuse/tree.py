@@ -106,6 +106,12 @@ class Tree:
             self.listings.put(key, listing)
         return listing
 
+    def upper_names(self, node: Node) -> Listing | None:
+        """The upper part of `node`'s listing, read now; None if it has no upper part."""
+        if self.writable and UPPER in node.layers:
+            return self.upper_listing(node)
+        return None
+
     def upper_listing(self, node: Node) -> Listing:
         listing = read_listing(self.dir_fd(node, UPPER))
         node.upper_state = UpperDirState(listing.opaque, _oci_whiteouts(listing))
@@ -141,8 +147,11 @@ class Tree:
 
     # ---- resolution ----------------------------------------------------------------------
 
-    def resolve(self, parent: Node, name: bytes) -> Found | None:
-        """Resolve `name` in the merged directory `parent`: None if it does not exist."""
+    def resolve(self, parent: Node, name: bytes, upper_names: Listing | None = None
+                ) -> Found | None:
+        """Resolve `name` in the merged directory `parent`: None if it does not exist.
+        `upper_names`, a listing of the parent's upper dir read in this same request, spares
+        the stat of a name it does not hold."""
         if len(name) > NAME_MAX:
             raise OSError(errno.ENAMETOOLONG, "name too long")
         layers: list[int] = []
@@ -151,6 +160,10 @@ class Tree:
         for layer in parent.layers:
             if self.writable and layer == UPPER:
                 state = self.upper_state(parent)
+                if upper_names is not None and name not in upper_names.entries:
+                    if name in upper_names.whiteouts:
+                        return None
+                    continue
                 try:
                     st = os.stat(name, dir_fd=self.dir_fd(parent, UPPER), follow_symlinks=False)
                 except FileNotFoundError:
@@ -176,8 +189,7 @@ class Tree:
                 if not is_dir or self._is_opaque_child(parent, layers[-1], name, inos[-1]):
                     break
             elif not is_dir:
-                st = os.stat(name, dir_fd=self.dir_fd(parent, layer), follow_symlinks=False)
-                return Found((layer,), (st.st_ino,), st)
+                return Found((layer,), (d_ino,), self._lower_stat(parent, layer, name, d_ino))
             if (self.stack.layers[layer].dev, d_ino) in self.stack.forbidden:
                 raise OSError(errno.ELOOP, "a layer root is inside a lower layer", name)
             layers.append(layer)
@@ -188,6 +200,14 @@ class Tree:
             top_st = os.stat(name, dir_fd=self.dir_fd(parent, layers[0]), follow_symlinks=False)
             inos[0] = top_st.st_ino
         return Found(tuple(layers), tuple(inos), top_st)
+
+    def _lower_stat(self, parent: Node, layer: int, name: bytes, d_ino: int) -> os.stat_result:
+        """A lower non-directory never changes while mounted (but for its atime): a node
+        that holds it keeps its stat."""
+        node = self.table.by_identity.get((self.stack.layers[layer].dev, d_ino))
+        if node is not None and node.lower_st is not None:
+            return node.lower_st
+        return os.stat(name, dir_fd=self.dir_fd(parent, layer), follow_symlinks=False)
 
     def _is_opaque_child(self, parent: Node, layer: int, name: bytes, d_ino: int) -> bool:
         """Whether the directory `name` in `layer` (just found) is opaque."""
@@ -217,10 +237,11 @@ class Tree:
             return ("lower-link", parent.ino, name)
         return (self.stack.layers[layer].dev, found.real_inos[0])
 
-    def lookup(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result] | None:
+    def lookup(self, parent: Node, name: bytes, upper_names: Listing | None = None
+               ) -> tuple[Node, os.stat_result] | None:
         """Resolve `name` and return its node (made or re-used) and stat. Does not count a
         FUSE lookup: the caller does, once the kernel has been answered."""
-        found = self.resolve(parent, name)
+        found = self.resolve(parent, name, upper_names)
         if found is None:
             return None
         return self.node_for(parent, name, found), found.st
@@ -233,6 +254,7 @@ class Tree:
                 node.layers, node.real_inos = found.layers, found.real_inos
             else:
                 self.table.add_link(node, parent, name)
+                self._keep_lower_stat(node, found)
             return node
         # A merged dir with an upper part is numbered after its topmost lower dir, as the
         # kernel does (its origin): the number then survives copy-up and remount alike.
@@ -243,11 +265,19 @@ class Tree:
                     name=name, is_dir=found.is_dir, layers=found.layers,
                     real_inos=found.real_inos, identity=identity)
         self.table.add(node)
+        if not node.is_dir:
+            self._keep_lower_stat(node, found)
         return node
+
+    def _keep_lower_stat(self, node: Node, found: Found) -> None:
+        if not (self.writable and found.layers[0] == UPPER):
+            node.lower_st = found.st
 
     # ---- attributes ----------------------------------------------------------------------
 
     def stat(self, node: Node) -> os.stat_result:
+        if node.lower_st is not None:
+            return node.lower_st
         if node.is_dir:
             return os.stat(self.dir_fd(node, node.top_layer))
         if node.parent is None:
