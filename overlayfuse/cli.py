@@ -37,12 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     # trio cannot be loaded.
     try:
         from .daemon import run
+        from .idmap import IdMap
         from .ops import Operations
         from .tree import Tree
     except ImportError as e:
         return _fail(f"cannot load the FUSE runtime: {e}", EXIT_MOUNT)
 
-    ops = Operations(Tree(stack), timeout=options.timeout, debug=options.debug)
+    ops = Operations(Tree(stack), timeout=options.timeout, debug=options.debug,
+                     uids=IdMap(options.uidmapping, options.squash_to_uid),
+                     gids=IdMap(options.gidmapping, options.squash_to_gid))
     try:
         return run(ops, options, stack)
     except MountError as e:

@@ -18,6 +18,7 @@ from typing import Any
 import pyfuse3
 
 from .copyup import CopyUp
+from .idmap import IdMap
 from .inodes import Node
 from .namespace import Caller, Namespace
 from .tree import UPPER, Tree
@@ -65,9 +66,12 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree, timeout: float = 3600.0, debug: bool = False) -> None:
+    def __init__(self, tree: Tree, timeout: float = 3600.0, debug: bool = False,
+                 uids: IdMap | None = None, gids: IdMap | None = None) -> None:
         super().__init__()
         self.tree = tree
+        self.uids = uids or IdMap()
+        self.gids = gids or IdMap()
         self.timeout = timeout
         self.debug = debug
         self.xattr_names = XattrNames(tree.stack.xattr_prefix)
@@ -101,6 +105,12 @@ class Operations(pyfuse3.Operations):
         except OSError:
             pass    # the kernel does not hold this inode (ENOENT): nothing is cached
 
+    def _caller(self, ctx: pyfuse3.RequestContext) -> Caller:
+        """Who asks, in on-disk ids (a caller with no mapping cannot create: EOVERFLOW, as
+        the kernel answers for an fsuid it cannot map)."""
+        return Caller(self.uids.to_disk(ctx.uid, errno.EOVERFLOW),
+                      self.gids.to_disk(ctx.gid, errno.EOVERFLOW))
+
     def _node(self, ino: int) -> Node:
         return self.tree.table.get(ino)
 
@@ -112,8 +122,8 @@ class Operations(pyfuse3.Operations):
         entry.attr_timeout = self.timeout
         entry.st_mode = st.st_mode
         entry.st_nlink = 1 if node.is_dir and len(node.layers) > 1 else st.st_nlink
-        entry.st_uid = st.st_uid
-        entry.st_gid = st.st_gid
+        entry.st_uid = self.uids.to_view(st.st_uid)
+        entry.st_gid = self.gids.to_view(st.st_gid)
         entry.st_rdev = st.st_rdev
         entry.st_size = st.st_size
         entry.st_blksize = st.st_blksize
@@ -195,10 +205,9 @@ class Operations(pyfuse3.Operations):
     @_edge
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         node = self._node(inode)
-        st = self.tree.stat(node)
         if mode & os.W_OK and not self.tree.writable:
             return False
-        return _may_access(st, mode, ctx)
+        return _may_access(self._entry(node, self.tree.stat(node)), mode, ctx)
 
     @_edge
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -277,7 +286,7 @@ class Operations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         _, namespace = self._writer()
-        node, st, fd = namespace.create(self._node(parent_inode), name, mode, _caller(ctx))
+        node, st, fd = namespace.create(self._node(parent_inode), name, mode, self._caller(ctx))
         return pyfuse3.FileInfo(fh=self._add_file(node, fd), keep_cache=True), \
             self._reply_new(node, st)
 
@@ -370,8 +379,9 @@ class Operations(pyfuse3.Operations):
         fd, child = self.tree.xattr_target(node)
         path, follow = proc_path(fd, child)
         if fields.update_uid or fields.update_gid:
-            os.chown(path, attr.st_uid if fields.update_uid else -1,
-                     attr.st_gid if fields.update_gid else -1, follow_symlinks=follow)
+            os.chown(path, self.uids.to_disk(attr.st_uid) if fields.update_uid else -1,
+                     self.gids.to_disk(attr.st_gid) if fields.update_gid else -1,
+                     follow_symlinks=follow)
         if fields.update_mode:
             self._chmod(node, stat.S_IMODE(attr.st_mode))
         if fields.update_atime or fields.update_mtime:
@@ -419,21 +429,21 @@ class Operations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         _, namespace = self._writer()
         return self._reply_new(*namespace.mkdir(self._node(parent_inode), name, mode,
-                                                _caller(ctx)))
+                                                self._caller(ctx)))
 
     @_edge
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         _, namespace = self._writer()
         return self._reply_new(*namespace.mknod(self._node(parent_inode), name, mode, rdev,
-                                                _caller(ctx)))
+                                                self._caller(ctx)))
 
     @_edge
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         _, namespace = self._writer()
         return self._reply_new(*namespace.symlink(self._node(parent_inode), name, target,
-                                                  _caller(ctx)))
+                                                  self._caller(ctx)))
 
     @_edge
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -460,11 +470,7 @@ class Operations(pyfuse3.Operations):
                                self._node(parent_inode_new), name_new, flags)
 
 
-def _caller(ctx: pyfuse3.RequestContext) -> Caller:
-    return Caller(ctx.uid, ctx.gid)
-
-
-def _may_access(st: os.stat_result, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+def _may_access(st: pyfuse3.EntryAttributes, mode: int, ctx: pyfuse3.RequestContext) -> bool:
     if mode == os.F_OK or ctx.uid == 0 and not (mode & os.X_OK):
         return True
     if ctx.uid == 0:
