@@ -14,6 +14,7 @@ import fcntl
 import itertools
 import os
 import stat
+from collections.abc import Callable
 
 import trio
 
@@ -107,11 +108,22 @@ def _copy_range(src: int, dst: int, count: int, offset: int) -> int:
     return os.pwrite(dst, data, offset) if data else 0
 
 
+def _keep_owner(chown: Callable[..., None], target: int | bytes, st: os.stat_result,
+                **kwargs: object) -> None:
+    """Give the copy its original owner. A mount without the right to (not root) cannot
+    copy up what another user owns: EOVERFLOW, which kernel overlayfs mounted in a user
+    namespace answers for an owner it cannot map."""
+    try:
+        chown(target, st.st_uid, st.st_gid, **kwargs)
+    except PermissionError:
+        raise OSError(errno.EOVERFLOW, "cannot copy up a file owned by someone else") from None
+
+
 def _stage_regular(src: int, dst: int, st: os.stat_result, names: XattrNames, sync: bool) -> None:
     """Runs in a worker thread: everything that may take long."""
     copy_file_data(src, dst, st.st_size)
     copy_xattrs(names, (src, None), (dst, None))
-    os.fchown(dst, st.st_uid, st.st_gid)
+    _keep_owner(os.fchown, dst, st)
     os.fchmod(dst, stat.S_IMODE(st.st_mode))
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
     if sync:
@@ -131,7 +143,7 @@ class CopyUp:
         work = self.work.fd
         if xattrs_from is not None:
             copy_xattrs(self.names, xattrs_from, (work, name))
-        os.chown(name, st.st_uid, st.st_gid, dir_fd=work, follow_symlinks=False)
+        _keep_owner(os.chown, name, st, dir_fd=work, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
             os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=work)
         os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=work, follow_symlinks=False)
