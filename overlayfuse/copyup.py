@@ -119,9 +119,11 @@ def _keep_owner(chown: Callable[..., None], target: int | bytes, st: os.stat_res
         raise OSError(errno.EOVERFLOW, "cannot copy up a file owned by someone else") from None
 
 
-def _stage_regular(src: int, dst: int, st: os.stat_result, names: XattrNames, sync: bool) -> None:
+def _stage_regular(src: int, dst: int, st: os.stat_result, names: XattrNames, sync: bool,
+                   with_data: bool) -> None:
     """Runs in a worker thread: everything that may take long."""
-    copy_file_data(src, dst, st.st_size)
+    if with_data:
+        copy_file_data(src, dst, st.st_size)
     copy_xattrs(names, (src, None), (dst, None))
     _keep_owner(os.fchown, dst, st)
     os.fchmod(dst, stat.S_IMODE(st.st_mode))
@@ -197,8 +199,9 @@ class CopyUp:
             raise
         self._became_upper(node, self._install_keeping_times(parent, temp, node.name))
 
-    async def ensure_upper(self, node: Node) -> None:
-        """Copy `node` up unless it is in the upper layer already."""
+    async def ensure_upper(self, node: Node, with_data: bool = True) -> None:
+        """Copy `node` up unless it is in the upper layer already. Without data (for an
+        open with O_TRUNC, as the kernel does) the copy starts empty."""
         if UPPER in node.layers:
             return
         if node.is_dir:
@@ -211,12 +214,12 @@ class CopyUp:
         done = trio.Event()
         node.copy_up_done = done
         try:
-            await self._copy_up_file(node)
+            await self._copy_up_file(node, with_data)
         finally:
             node.copy_up_done = None
             done.set()
 
-    async def _copy_up_file(self, node: Node) -> None:
+    async def _copy_up_file(self, node: Node, with_data: bool) -> None:
         if node.parent is None:
             raise OSError(errno.ENOENT, "file was removed")
         self.directory(node.parent)
@@ -226,7 +229,7 @@ class CopyUp:
         work = self.work.fd
         try:
             if stat.S_ISREG(st.st_mode):
-                await self._stage_regular_file(src_dir, node.name, temp, st)
+                await self._stage_regular_file(src_dir, node.name, temp, st, with_data)
             else:
                 if stat.S_ISLNK(st.st_mode):
                     os.symlink(os.readlink(node.name, dir_fd=src_dir), temp, dir_fd=work)
@@ -245,14 +248,14 @@ class CopyUp:
         self._became_upper(node, self._install_keeping_times(node.parent, temp, node.name))
 
     async def _stage_regular_file(self, src_dir: int, name: bytes, temp: bytes,
-                                  st: os.stat_result) -> None:
+                                  st: os.stat_result, with_data: bool) -> None:
         src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
         try:
             dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
                           dir_fd=self.work.fd)
             try:
                 await trio.to_thread.run_sync(_stage_regular, src, dst, st, self.names,
-                                              not self.tree.stack.volatile)
+                                              not self.tree.stack.volatile, with_data)
             finally:
                 os.close(dst)
         finally:

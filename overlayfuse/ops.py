@@ -276,7 +276,7 @@ class Operations(pyfuse3.Operations):
         node.lower_st = None    # reading may move the lower file's atime
         if flags & COPY_UP_FLAGS:
             copy_up, _ = self._writer()
-            await copy_up.ensure_upper(node)
+            await copy_up.ensure_upper(node, with_data=not flags & os.O_TRUNC)
         fd = os.open(node.name, (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=self.tree.parent_fd(node))
         return pyfuse3.FileInfo(fh=self._add_file(node, fd), keep_cache=True)
