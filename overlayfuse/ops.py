@@ -266,7 +266,15 @@ class Operations(pyfuse3.Operations):
 
     @_edge
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None
+        node, _ = self._dirs[fh]
+        if self.tree.stack.volatile or not self.tree.writable or UPPER not in node.layers:
+            return      # nothing of it was written by us
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                     dir_fd=self.tree.dir_fd(node, UPPER))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     # ---- files ---------------------------------------------------------------------------
 
