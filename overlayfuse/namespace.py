@@ -286,7 +286,7 @@ class Namespace:
         if target_node is not None:
             if flags & RENAME_NOREPLACE:
                 raise OSError(errno.EEXIST, "target exists", new_name)
-            self._check_replaceable(source, target_node)
+            self._check_replaceable(source, target_node, new_parent)
         self._move(old_parent, old_name, source, new_parent, new_name, target_node)
 
     def _check_movable(self, node: Node) -> None:
@@ -294,12 +294,16 @@ class Namespace:
         if node.is_dir and node.layers != (UPPER,):
             raise OSError(errno.EXDEV, "directory has a lower layer")
 
-    def _check_replaceable(self, source: Node, target: Node) -> None:
+    def _check_replaceable(self, source: Node, target: Node, new_parent: Node) -> None:
         if source.is_dir and not target.is_dir:
             raise OSError(errno.ENOTDIR, "target is not a directory")
         if not source.is_dir and target.is_dir:
             raise OSError(errno.EISDIR, "target is a directory")
         if target.is_dir and not self.tree.is_empty_dir(target):
+            if target.layers == (UPPER,):
+                # The kernel marks the source before the upper filesystem refuses a
+                # non-empty pure-upper target: the same marker stays behind here.
+                self._mark_opaque_if_needed(source, new_parent)
             raise OSError(errno.ENOTEMPTY, "target directory not empty")
         if target is self.tree.root:
             raise OSError(errno.EBUSY, "root")

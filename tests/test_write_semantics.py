@@ -86,6 +86,7 @@ DIR_SCENARIOS: dict[str, list[tuple]] = {
                                 ("listdir", "d/q")],
     "rename-pure-over-empty-lower": [("rename", "pure/q", "emptyl"), ("listdir", "emptyl")],
     "rename-pure-over-nonempty": [("rename", "pure", "d")],
+    "rename-pure-over-nonempty-pure": [("mkdir", "pure/q/z"), ("rename", "emptyu", "pure")],
     "rename-dir-over-file": [("rename", "pure", "u")],
     "rename-file-over-dir": [("rename", "u", "emptyu")],
     "rename-exchange-dirs": [("rename", "pure", "emptyu", RENAME_EXCHANGE),

@@ -79,18 +79,45 @@ def stack_specs(draw: st.DrawFn) -> StackSpec:
 WHITEOUT_KINDS = ("whiteout", "oci-whiteout")
 
 
+OPAQUE_KINDS = ("opaque", "oci-opaque", "user-opaque")
+
+
+def _resolves(path: str, layers: list[dict[str, str]]) -> bool:
+    """Whether `path` names something in this stack of layers (top first), by overlay rules."""
+    candidates = layers
+    parts = path.split("/")
+    for depth in range(len(parts)):
+        prefix = "/".join(parts[:depth + 1])
+        merged: list[dict[str, str]] = []
+        for layer in candidates:
+            kind = layer.get(prefix, "").partition(":")[0]
+            if not kind:
+                continue
+            if kind in WHITEOUT_KINDS:
+                break
+            if kind not in DIR_KINDS:
+                if not merged:
+                    return depth == len(parts) - 1
+                break
+            merged.append(layer)
+            if kind in OPAQUE_KINDS:
+                break
+        if not merged:
+            return False
+        candidates = merged
+    return True
+
+
 def _without_stray_whiteouts(lowers: tuple[dict[str, str], ...], upper: dict[str, str]
                              ) -> tuple[tuple[dict[str, str], ...], dict[str, str]]:
-    """Keep a whiteout only where a layer below holds the name, the only place the kernel
-    ever writes one (see the "stray-whiteouts" divergence in known.py)."""
-    below: set[str] = set()
+    """Keep a whiteout only where it hides something in the layers below, the only place
+    the kernel ever writes one (see the "stray-whiteouts" divergence in known.py)."""
     kept_lowers: list[dict[str, str]] = []
     for layer in reversed(lowers):
         kept_lowers.insert(0, {path: what for path, what in layer.items()
-                               if what not in WHITEOUT_KINDS or path in below})
-        below.update(layer)
+                               if what not in WHITEOUT_KINDS or _resolves(path, kept_lowers)})
     kept_upper = {path: what for path, what in upper.items()
-                  if what not in WHITEOUT_KINDS or path in below}
+                  if what not in WHITEOUT_KINDS or _resolves(path, kept_lowers)}
     return tuple(kept_lowers), kept_upper
 
 
