@@ -1,0 +1,1 @@
+"""The overlayfuse benchmark suite: `scripts/bench` (see docs/benchmarks.md)."""
