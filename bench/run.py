@@ -308,9 +308,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale-rounds-large", type=int,
                    help="rounds of the scaling runs on the 100k-file stacks (default 1)")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
-    p.add_argument("--phase", dest="phases", action="append", metavar="NAME",
-                   help="run only this phase (repeatable): " + ", ".join(
-                       [p.name for p in PHASES] + ["repeat_walks"]))
+    names = [phase.name for phase in PHASES] + ["repeat_walks"]
+    p.add_argument("--phase", dest="phases", action="append", metavar="NAME", choices=names,
+                   help="run only this phase (repeatable): " + ", ".join(names))
     p.add_argument("--impl", dest="impls", action="append", choices=impls.ALL,
                    help="benchmark only this implementation (repeatable)")
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR,
