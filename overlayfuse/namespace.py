@@ -42,6 +42,9 @@ class Namespace:
         self.copy_up = copy_up
         self.work = copy_up.work
         self.prefix = tree.stack.xattr_prefix
+        self.euid, self.egid = os.geteuid(), os.getegid()
+        self.umask = os.umask(0o022)
+        os.umask(self.umask)
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -75,6 +78,19 @@ class Namespace:
                 mode |= stat.S_ISGID
         return caller.uid, gid, mode
 
+    def _set_owner(self, temp: bytes, uid: int, gid: int, mode: int) -> None:
+        """Owner and mode of a new object in the work dir. It was made with its mode already:
+        a chown (which clears setuid bits) or the umask may call for a chmod after it."""
+        work = self.work.fd
+        chowned = (uid, gid) != (self.euid, self.egid)
+        if chowned:
+            os.chown(temp, uid, gid, dir_fd=work, follow_symlinks=False)
+        # Bits the creation may have dropped: the umask's, setgid (mkdir takes it from the
+        # parent, not the mode), and setuid once chowned.
+        dropped = self.umask | stat.S_ISGID | (stat.S_ISUID if chowned else 0)
+        if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & dropped:
+            os.chmod(temp, stat.S_IMODE(mode), dir_fd=work)
+
     def _place(self, parent: Node, name: bytes, make: Callable[[int, bytes], None],
                owner: tuple[int, int, int] | None, directory: bool = False
                ) -> tuple[os.stat_result, bool]:
@@ -88,22 +104,20 @@ class Namespace:
         make(work, temp)
         try:
             if owner is not None:
-                uid, gid, mode = owner
-                os.chown(temp, uid, gid, dir_fd=work, follow_symlinks=False)
-                if not stat.S_ISLNK(mode):
-                    os.chmod(temp, stat.S_IMODE(mode), dir_fd=work)  # chown cleared setuid bits
+                self._set_owner(temp, *owner)
             upper_fd = self.tree.dir_fd(parent, UPPER)
-            occupant = self._upper_entry(parent, name)
-            replaces_whiteout = occupant is not None and is_whiteout(occupant)
-            if occupant is None:
+            replaces_whiteout = False
+            try:
                 renameat2(work, temp, upper_fd, name, RENAME_NOREPLACE)
-            elif replaces_whiteout:
+            except FileExistsError:
+                occupant = self._upper_entry(parent, name)
+                if occupant is None or not is_whiteout(occupant):
+                    raise
+                replaces_whiteout = True
                 if directory:
                     set_opaque(work, temp, self.prefix)
                 renameat2(work, temp, upper_fd, name, RENAME_EXCHANGE)
                 self.work.discard(temp)     # now the whiteout
-            else:
-                raise OSError(errno.EEXIST, "exists", name)
         except BaseException:
             self.work.discard(temp)
             raise
@@ -131,7 +145,7 @@ class Namespace:
 
         def make(work: int, temp: bytes) -> None:
             fd_box.append(os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                  0o600, dir_fd=work))
+                                  stat.S_IMODE(mode), dir_fd=work))
         try:
             st, _ = self._place(parent, name, make,
                                 self._owner(parent, caller, stat.S_IFREG | mode))
@@ -145,7 +159,8 @@ class Namespace:
               ) -> tuple[Node, os.stat_result]:
         owner = self._owner(parent, caller, stat.S_IFDIR | stat.S_IMODE(mode))
         st, opaque = self._place(parent, name,
-                                 lambda work, temp: os.mkdir(temp, 0o700, dir_fd=work),
+                                 lambda work, temp: os.mkdir(temp, stat.S_IMODE(mode),
+                                                             dir_fd=work),
                                  owner, directory=True)
         return self._new_node(parent, name, st, opaque), st
 
@@ -156,8 +171,7 @@ class Namespace:
         if stat.S_ISREG(mode) or stat.S_IFMT(mode) == 0:
             mode = stat.S_IFREG | stat.S_IMODE(mode)
         st, _ = self._place(parent, name,
-                            lambda work, temp: os.mknod(temp, stat.S_IFMT(mode) | 0o600, rdev,
-                                                        dir_fd=work),
+                            lambda work, temp: os.mknod(temp, mode, rdev, dir_fd=work),
                             self._owner(parent, caller, mode))
         return self._new_node(parent, name, st), st
 
