@@ -39,7 +39,7 @@ class Node:
     nchildren: int = 0              # live nodes naming this one as a parent: keeps it alive
     extra_links: list[tuple[Node, bytes]] | None = None   # other names of a hard-linked file
     upper_state: UpperDirState | None = None
-    lower_st: os.stat_result | None = None   # stat of a lower non-dir (immutable), if kept
+    lower_st: bytes | None = None   # packed stat of a lower non-dir (immutable), if kept
     open_files: int = 0
     orphan_fd: int | None = None    # an fd kept on an unlinked-but-open upper file
     copy_up_done: object = None     # a trio.Event while a copy-up is staging
