@@ -80,9 +80,28 @@ def explore(template: str, budget: int, random_seed: int, workdir: Path,
             break
         except _Found as found:
             report.found.append((found.divergence, found.example))
+        except BaseExceptionGroup as group:
+            # hypothesis could not reproduce a divergence (FlakyFailure): it still counts,
+            # reported as first seen, unshrunk.
+            flaky = group.subgroup(lambda error: isinstance(error, _Found))
+            if flaky is None:
+                raise
+            first = _first_found(flaky)
+            first.example.divergences.append(Divergence("flaky", "did not reproduce", None,
+                                                        None))
+            report.found.append((first.divergence, first.example))
         attempt += 1
     report.seconds = time.monotonic() - started
     return report
+
+
+def _first_found(group: BaseExceptionGroup) -> _Found:
+    for error in group.exceptions:
+        if isinstance(error, _Found):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            return _first_found(error)
+    raise AssertionError("no divergence in the group")
 
 
 def format_report(report: Report, template: str) -> str:
