@@ -19,7 +19,7 @@ from collections.abc import Callable
 import trio
 
 from .inodes import Node, UpperDirState
-from .syscalls import RENAME_NOREPLACE, renameat2
+from .syscalls import RENAME_NOREPLACE, open_noatime, renameat2
 from .tree import UPPER, Tree
 from .whiteout import proc_path
 from .xattrs import XattrNames
@@ -249,7 +249,7 @@ class CopyUp:
 
     async def _stage_regular_file(self, src_dir: int, name: bytes, temp: bytes,
                                   st: os.stat_result, with_data: bool) -> None:
-        src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+        src = open_noatime(name, os.O_RDONLY | os.O_NOFOLLOW, src_dir)
         try:
             dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
                           dir_fd=self.work.fd)

@@ -9,6 +9,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .syscalls import open_noatime
 from .whiteout import OCI_OPAQUE_MARKER, has_opaque_xattr, is_whiteout, oci_target
 
 
@@ -28,7 +29,7 @@ def read_listing(dir_fd: int) -> Listing:
     whiteouts: set[bytes] = set()
     oci_markers: set[bytes] = set()
     opaque = False
-    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    fd = open_noatime(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd)
     try:
         with os.scandir(fd) as scan:
             for entry in scan:

@@ -22,6 +22,7 @@ from .copyup import CopyUp
 from .idmap import IdMap
 from .inodes import Node
 from .namespace import Caller, Namespace
+from .syscalls import open_noatime
 from .tree import UPPER, Tree
 from .whiteout import proc_path
 from .xattrs import XattrNames, get_attr, list_attrs, remove_attr, set_attr
@@ -282,12 +283,15 @@ class Operations(pyfuse3.Operations):
     @_edge
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
-        node.lower_st = None    # reading may move the lower file's atime
         if flags & COPY_UP_FLAGS:
             copy_up, _ = self._writer()
             await copy_up.ensure_upper(node, with_data=not flags & os.O_TRUNC)
-        fd = os.open(node.name, (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=self.tree.parent_fd(node))
+        flags = (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW
+        if node.top_layer == UPPER and self.tree.writable:
+            fd = os.open(node.name, flags | os.O_CLOEXEC, dir_fd=self.tree.parent_fd(node))
+        else:
+            # Reads through the overlay leave a lower file's atime alone, as in the kernel.
+            fd = open_noatime(node.name, flags, self.tree.parent_fd(node))
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)    # a larger readahead
         return pyfuse3.FileInfo(fh=self._add_file(node, fd), keep_cache=True)
 

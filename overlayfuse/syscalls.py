@@ -43,3 +43,12 @@ def utimensat_omit_both(path: bytes) -> None:
     if _utimensat(AT_FDCWD, path, times, 0x100) != 0:  # AT_SYMLINK_NOFOLLOW
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
+
+
+def open_noatime(name: bytes | str, flags: int, dir_fd: int) -> int:
+    """Open for reading without touching the atime, as kernel overlayfs opens real files;
+    without O_NOATIME where we may not use it (a file another user owns, as non-root)."""
+    try:
+        return os.open(name, flags | os.O_NOATIME | os.O_CLOEXEC, dir_fd=dir_fd)
+    except PermissionError:
+        return os.open(name, flags | os.O_CLOEXEC, dir_fd=dir_fd)
