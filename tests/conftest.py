@@ -82,3 +82,81 @@ def no_leaked_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     for path in leaked:
         mounts.unmount(path)
     assert not leaked, f"tests left mounts behind: {leaked}"
+
+
+# ---- lower layers are never modified (hardening issue, item 7) ------------------------------
+
+def _layer_digest(root: Path, skip: set[tuple[int, int]]) -> str:
+    """A digest of everything in a layer but access times: names, types, modes, owners, sizes,
+    mtime/ctime, data, symlink targets, device numbers and every xattr (trusted.* included).
+    Directories in `skip` (an upper or work dir nested in the layer) are left out."""
+    import hashlib
+    import stat as stat_module
+    digest = hashlib.sha256()
+
+    def add(path: Path, rel: str) -> bool:
+        st = os.lstat(path)
+        if stat_module.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) in skip:
+            return False
+        digest.update(repr((rel, st.st_mode, st.st_uid, st.st_gid, st.st_nlink,
+                            st.st_mtime_ns, st.st_ctime_ns, st.st_rdev,
+                            st.st_size if not stat_module.S_ISDIR(st.st_mode) else 0)).encode())
+        try:
+            for name in sorted(os.listxattr(path, follow_symlinks=False)):
+                digest.update(repr((name, os.getxattr(path, name, follow_symlinks=False))).encode())
+        except OSError:
+            pass
+        if stat_module.S_ISREG(st.st_mode) and st.st_size <= 64 << 20:
+            # (A bigger file is covered by its ctime, which any change to it moves.)
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        elif stat_module.S_ISLNK(st.st_mode):
+            digest.update(os.fsencode(os.readlink(path)))
+        return stat_module.S_ISDIR(st.st_mode)
+
+    add(root, ".")
+    for dirpath, dirnames, filenames in os.walk(root):
+        keep = []
+        for name in sorted(dirnames + filenames):
+            full = Path(dirpath) / name
+            if add(full, str(full.relative_to(root))) and name in dirnames:
+                keep.append(name)
+        dirnames[:] = keep
+    return digest.hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def lowers_never_modified(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every overlayfuse mounted through mounts.overlayfuse (mount_ofs, both, and direct
+    calls): each lower layer is hashed at mount time and again after the unmount; a difference
+    fails the test (in its teardown). Access times are the only thing allowed to change."""
+    real_overlayfuse = mounts.overlayfuse
+    changed: list[str] = []
+
+    def ids(*paths: object) -> set[tuple[int, int]]:
+        found = set()
+        for path in paths:
+            with contextlib.suppress(OSError, TypeError):
+                st = os.stat(path)  # type: ignore[arg-type]
+                found.add((st.st_dev, st.st_ino))
+        return found
+
+    @contextlib.contextmanager
+    def checked(lowers, upper, work, merged, *args, **kwargs):  # type: ignore[no-untyped-def]
+        skip = ids(upper, work)
+        before = {}
+        for lower in lowers:
+            with contextlib.suppress(OSError):
+                before[str(lower)] = _layer_digest(Path(lower), skip)
+        try:
+            with real_overlayfuse(lowers, upper, work, merged, *args, **kwargs) as process:
+                yield process
+        finally:
+            for lower, digest in before.items():
+                if _layer_digest(Path(lower), skip) != digest:
+                    changed.append(lower)
+
+    monkeypatch.setattr(mounts, "overlayfuse", checked)
+    yield
+    assert not changed, f"lower layers were modified while mounted: {changed}"
