@@ -188,18 +188,17 @@ def _prepare_workdir(options: MountOptions) -> int:
 
 def empty_directory(dir_fd: int) -> None:
     """Remove everything inside a directory without following symlinks."""
-    with os.scandir(_reopen_dir(dir_fd)) as entries:
-        names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    readable = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        with os.scandir(readable) as entries:     # scans a dup: ours is closed below
+            names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    finally:
+        os.close(readable)
     for name, is_dir in names:
         if is_dir:
             shutil.rmtree(name, dir_fd=dir_fd)
         else:
             os.unlink(name, dir_fd=dir_fd)
-
-
-def _reopen_dir(dir_fd: int) -> int:
-    """A readable fd for an O_PATH directory fd (os.scandir closes it)."""
-    return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
 
 
 def _choose_xattr_prefix(work_fd: int) -> bytes:

@@ -69,7 +69,7 @@ class Namespace:
     def _owner(self, parent: Node, caller: Caller, mode: int) -> tuple[int, int, int]:
         """(uid, gid, mode) of a new object: a setgid directory passes on its group (and, to
         directories, its setgid bit)."""
-        self.copy_up.directory(parent)
+        self.copy_up.directory(parent)     # callers have checked the new name already
         parent_st = os.stat(self.tree.dir_fd(parent, UPPER))
         gid = caller.gid
         if parent_st.st_mode & stat.S_ISGID:
@@ -96,8 +96,8 @@ class Namespace:
                ) -> tuple[os.stat_result, bool]:
         """Make an object in the work dir, give it its owner, and move it to `name` in the
         upper copy of `parent`, replacing a whiteout there. `owner` is (uid, gid, mode).
-        Returns its stat, and whether it replaced a whiteout (a directory then is opaque)."""
-        check_new_name(name)
+        Returns its stat, and whether it replaced a whiteout (a directory then is opaque).
+        The caller has checked the name."""
         self.copy_up.directory(parent)
         work = self.work.fd
         temp = self.work.temp_name()
@@ -141,6 +141,7 @@ class Namespace:
     def create(self, parent: Node, name: bytes, mode: int, caller: Caller
                ) -> tuple[Node, os.stat_result, int]:
         """Create a regular file; also returns a read-write fd on it."""
+        check_new_name(name)
         fd_box: list[int] = []
 
         def make(work: int, temp: bytes) -> None:
@@ -157,6 +158,7 @@ class Namespace:
 
     def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller
               ) -> tuple[Node, os.stat_result]:
+        check_new_name(name)
         owner = self._owner(parent, caller, stat.S_IFDIR | stat.S_IMODE(mode))
         st, opaque = self._place(parent, name,
                                  lambda work, temp: os.mkdir(temp, stat.S_IMODE(mode),
@@ -166,6 +168,7 @@ class Namespace:
 
     def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller
               ) -> tuple[Node, os.stat_result]:
+        check_new_name(name)
         if stat.S_ISCHR(mode) and rdev == 0:
             raise OSError(errno.EPERM, "a 0/0 character device is a whiteout")
         if stat.S_ISREG(mode) or stat.S_IFMT(mode) == 0:
@@ -177,6 +180,7 @@ class Namespace:
 
     def symlink(self, parent: Node, name: bytes, target: bytes, caller: Caller
                 ) -> tuple[Node, os.stat_result]:
+        check_new_name(name)
         st, _ = self._place(parent, name,
                             lambda work, temp: os.symlink(target, temp, dir_fd=work),
                             self._owner(parent, caller, stat.S_IFLNK | 0o777))

@@ -320,6 +320,10 @@ class Operations(pyfuse3.Operations):
             got = os.preadv(handle.fd, [buffer], off, os.RWF_NOWAIT)
         except BlockingIOError:
             got = 0
+        except OSError as e:
+            if e.errno != errno.EOPNOTSUPP:     # tmpfs, for one, has no RWF_NOWAIT: in memory
+                raise
+            got = _read_into(handle.fd, memoryview(buffer), off)
         if got < size and os.fstat(handle.fd).st_size > off + got:
             got += await trio.to_thread.run_sync(_read_into, handle.fd,
                                                  memoryview(buffer)[got:], off + got)

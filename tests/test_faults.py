@@ -109,10 +109,6 @@ def test_copy_up_that_does_not_fit_is_enospc(who: str, kernel_available, tmp_pat
         assert "Traceback" not in (tmp_path / "daemon.log").read_text()
 
 
-@pytest.mark.xfail(reason="overlayfuse/ops.py Operations.read calls os.preadv(..., RWF_NOWAIT) "
-                          "and catches only BlockingIOError; tmpfs answers RWF_NOWAIT with "
-                          "EOPNOTSUPP, so every read of a file whose layer is on tmpfs fails "
-                          "with EOPNOTSUPP", strict=True)
 def test_reads_from_layers_on_tmpfs(kernel_available, tmp_path: Path) -> None:
     contents = {}
     for who in ("kernel", "ofs"):

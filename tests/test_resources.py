@@ -82,18 +82,10 @@ def cycles(merged: Path) -> dict[str, Callable[[int], None]]:
             "create/rename/unlink": rename_cycle, "negative lookup": stat_missing}
 
 
-FD_LEAK = pytest.mark.xfail(
-    reason="overlayfuse/layers.py empty_directory leaks one fd per call: os.scandir(fd) "
-           "works on a dup of the fd that _reopen_dir opened, which is never closed; "
-           "namespace.Namespace._delete_in_work calls it for every upper dir it removes "
-           "(rmdir, rename over a dir), so the daemon's open fds grow by one per rmdir",
-    strict=True)
-
-
 @pytest.mark.parametrize("kind", [
-    pytest.param("mkdir/rmdir", marks=FD_LEAK), "create/unlink", "open/close",
+    "mkdir/rmdir", "create/unlink", "open/close",
     "opendir/closedir", "create/rename/unlink", "negative lookup",
-    pytest.param("rename dir over dir", marks=FD_LEAK)])
+    "rename dir over dir"])
 def test_fds_and_rss_stay_flat(kind: str, make_stack, tmp_path: Path) -> None:
     lower = {"ld/lowerfile": "file:lower", **{f"ld/many{n}": "file:m" for n in range(50)}}
     stack = make_stack([lower], {"upperfile": "file:upper", "up": "dir"})

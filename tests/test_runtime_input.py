@@ -65,11 +65,6 @@ def test_reserved_whiteout_names_are_einval(make_stack, mount_ofs) -> None:
             assert (merged / name).read_text() == name
 
 
-@pytest.mark.xfail(reason="overlayfuse/namespace.py Namespace.create/mkdir/mknod/symlink call "
-                          "_owner(), which copies the parent dir up (copy_up.directory), before "
-                          "_place() runs check_new_name(): a create refused with EINVAL for a "
-                          "`.wh.` name still writes the parent dir into the upper layer",
-                   strict=True)
 @pytest.mark.parametrize("op", ["create", "mkdir", "mkfifo", "symlink"])
 def test_a_refused_name_copies_nothing_up(make_stack, mount_ofs, op: str) -> None:
     stack = make_stack([{"d/x": "file:x"}])
