@@ -127,7 +127,7 @@ def _layer_digest(root: Path, skip: set[tuple[int, int]]) -> str:
 
 
 @pytest.fixture(autouse=True)
-def lowers_never_modified(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def lowers_never_modified() -> Iterator[None]:
     """Every overlayfuse mounted through mounts.overlayfuse (mount_ofs, both, and direct
     calls): each lower layer is hashed at mount time and again after the unmount; a difference
     fails the test (in its teardown). Access times are the only thing allowed to change."""
@@ -157,6 +157,11 @@ def lowers_never_modified(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                 if _layer_digest(Path(lower), skip) != digest:
                     changed.append(lower)
 
-    monkeypatch.setattr(mounts, "overlayfuse", checked)
-    yield
+    # Patched by hand, not with the monkeypatch fixture: that would make the test's own
+    # monkeypatch undo its patches only after the test's other fixtures were torn down.
+    mounts.overlayfuse = checked  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        mounts.overlayfuse = real_overlayfuse  # type: ignore[assignment]
     assert not changed, f"lower layers were modified while mounted: {changed}"
