@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .errors import MountError
 from .options import MountOptions
+from .syscalls import open_tree_clone
 
 DIR_OPEN_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 WORK_SUBDIR = "work"   # staging area inside the workdir, the name kernel overlayfs uses too
@@ -161,27 +162,64 @@ def _stat_dir_mountpoint(path: str) -> os.stat_result:
     return st
 
 
-def _open_layer(index: int, path: str, writable: bool) -> Layer:
-    fd = os.open(path, DIR_OPEN_FLAGS)
+def _layer(index: int, path: str, fd: int, writable: bool) -> Layer:
     st = os.fstat(fd)
     return Layer(index=index, path=os.path.abspath(path), fd=fd, dev=st.st_dev, ino=st.st_ino,
                  writable=writable)
 
 
-def _prepare_workdir(options: MountOptions) -> int:
-    """Create workdir/work and empty it: whatever a crashed copy-up left there is garbage."""
-    assert options.workdir is not None
-    if options.workdir_chosen and not os.path.lexists(options.workdir):
-        os.mkdir(options.workdir, 0o700)
-    work_root = os.open(options.workdir, DIR_OPEN_FLAGS)
+def _detached(path: str) -> int:
+    """An O_PATH fd on the directory `path` in a detached copy of its mount, without the
+    filesystems mounted below it: a layer then looks as it does to kernel overlayfs (a
+    mount point shows the directory underneath, and the overlay's own mount point inside a
+    layer cannot lead the daemon back into itself). Where that is not permitted (not root),
+    the directory as it is."""
     try:
-        try:
-            os.mkdir(WORK_SUBDIR, 0o700, dir_fd=work_root)
-        except FileExistsError:
-            pass
-        work_fd = os.open(WORK_SUBDIR, DIR_OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=work_root)
+        return open_tree_clone(path)
+    except OSError:
+        return os.open(path, DIR_OPEN_FLAGS)
+
+
+def _walk_down(root_fd: int, relative: str) -> int:
+    fd = os.dup(root_fd)
+    for part in [p for p in relative.split("/") if p not in ("", ".")]:
+        next_fd = os.open(part, DIR_OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = next_fd
+    return fd
+
+
+def _same_dir(fd: int, path: str) -> bool:
+    st, real = os.fstat(fd), os.stat(path)
+    return (st.st_dev, st.st_ino) == (real.st_dev, real.st_ino)
+
+
+def _upper_and_workdir(upper: str, workdir: str) -> tuple[int, int]:
+    """O_PATH fds on the upper dir and the workdir, in one detached copy of their common
+    mount (a rename between them must stay inside one mount)."""
+    real_upper, real_work = os.path.realpath(upper), os.path.realpath(workdir)
+    common = os.path.commonpath([real_upper, real_work])
+    root = _detached(common)
+    try:
+        upper_fd = _walk_down(root, os.path.relpath(real_upper, common))
+        work_fd = _walk_down(root, os.path.relpath(real_work, common))
     finally:
-        os.close(work_root)
+        os.close(root)
+    if _same_dir(upper_fd, upper) and _same_dir(work_fd, workdir):
+        return upper_fd, work_fd
+    # A mount between the common directory and one of them: take them as they are.
+    os.close(upper_fd)
+    os.close(work_fd)
+    return os.open(upper, DIR_OPEN_FLAGS), os.open(workdir, DIR_OPEN_FLAGS)
+
+
+def _prepare_workdir(workdir_fd: int) -> int:
+    """Create workdir/work and empty it: whatever a crashed copy-up left there is garbage."""
+    try:
+        os.mkdir(WORK_SUBDIR, 0o700, dir_fd=workdir_fd)
+    except FileExistsError:
+        pass
+    work_fd = os.open(WORK_SUBDIR, DIR_OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=workdir_fd)
     empty_directory(work_fd)
     return work_fd
 
@@ -221,15 +259,23 @@ def open_stack(options: MountOptions) -> Stack:
     opened: list[Layer] = []
     work_fd = None
     try:
-        if options.upperdir is not None:
-            opened.append(_open_layer(0, options.upperdir, writable=writable))
-        for path in options.lowerdirs:
-            opened.append(_open_layer(len(opened), path, writable=False))
         if writable:
-            work_fd = _prepare_workdir(options)
+            assert options.upperdir is not None and options.workdir is not None
+            if options.workdir_chosen and not os.path.lexists(options.workdir):
+                os.mkdir(options.workdir, 0o700)
+            upper_fd, workdir_fd = _upper_and_workdir(options.upperdir, options.workdir)
+            opened.append(_layer(0, options.upperdir, upper_fd, writable=True))
+            try:
+                work_fd = _prepare_workdir(workdir_fd)
+            finally:
+                os.close(workdir_fd)
             prefix = _choose_xattr_prefix(work_fd)
         else:
+            if options.upperdir is not None:    # `ro`: the upper is one more lower layer
+                opened.append(_layer(0, options.upperdir, _detached(options.upperdir), False))
             prefix = TRUSTED_PREFIX if os.geteuid() == 0 else USER_PREFIX
+        for path in options.lowerdirs:
+            opened.append(_layer(len(opened), path, _detached(path), writable=False))
     except OSError as e:
         for layer in opened:
             os.close(layer.fd)

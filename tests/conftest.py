@@ -89,13 +89,18 @@ def no_leaked_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
 def _layer_digest(root: Path, skip: set[tuple[int, int]]) -> str:
     """A digest of everything in a layer but access times: names, types, modes, owners, sizes,
     mtime/ctime, data, symlink targets, device numbers and every xattr (trusted.* included).
-    Directories in `skip` (an upper or work dir nested in the layer) are left out."""
+    Directories in `skip` (an upper or work dir nested in the layer) and other filesystems
+    mounted inside it (not part of the layer, as for kernel overlayfs) are left out; files
+    are read without moving their atime."""
     import hashlib
     import stat as stat_module
     digest = hashlib.sha256()
+    layer_dev = os.lstat(root).st_dev
 
     def add(path: Path, rel: str) -> bool:
         st = os.lstat(path)
+        if st.st_dev != layer_dev:
+            return False
         if stat_module.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) in skip:
             return False
         digest.update(repr((rel, st.st_mode, st.st_uid, st.st_gid, st.st_nlink,
@@ -108,7 +113,7 @@ def _layer_digest(root: Path, skip: set[tuple[int, int]]) -> str:
             pass
         if stat_module.S_ISREG(st.st_mode) and st.st_size <= 64 << 20:
             # (A bigger file is covered by its ctime, which any change to it moves.)
-            with open(path, "rb") as f:
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOATIME), "rb") as f:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
         elif stat_module.S_ISLNK(st.st_mode):

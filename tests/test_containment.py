@@ -345,11 +345,6 @@ def _walk_deep_upper(root: Path, depth: int, name_len: int) -> list[str]:
 # Kernel overlayfs looks names up in a layer without crossing mount points: a filesystem
 # mounted on a directory inside a layer is invisible to it (it sees the directory underneath).
 
-@pytest.mark.xfail(reason="overlayfuse/tree.py Tree.dir_fd/resolve and listing.read_listing "
-                          "open names with openat(O_NOFOLLOW), which crosses mount points: a "
-                          "filesystem mounted inside a lower layer is read (its files appear in "
-                          "the merged view); kernel overlayfs shows the directory underneath",
-                   strict=True)
 def test_a_mount_inside_a_lower_layer_is_not_entered(make_stack, mount_kernel, mount_ofs,
                                                      tmp_path: Path) -> None:
     views = {}
@@ -372,11 +367,6 @@ def test_a_mount_inside_a_lower_layer_is_not_entered(make_stack, mount_kernel, m
     assert views["ofs-foreign"] and views["kernel-foreign"]
 
 
-@pytest.mark.xfail(reason="overlayfuse/tree.py Tree.dir_fd and namespace.Namespace._upper_entry "
-                          "cross a mount point inside the upper layer: the foreign filesystem is "
-                          "taken for the upper dir, and creating a file there fails with EXDEV "
-                          "(rename from the workdir); the kernel writes to the upper dir "
-                          "underneath", strict=True)
 def test_a_mount_inside_the_upper_layer_is_not_entered(make_stack, mount_kernel, mount_ofs,
                                                        tmp_path: Path) -> None:
     views = {}
@@ -399,11 +389,6 @@ def test_a_mount_inside_the_upper_layer_is_not_entered(make_stack, mount_kernel,
 PROBE = "import os, sys; print(sorted(os.listdir(sys.argv[1])))"
 
 
-@pytest.mark.xfail(reason="overlayfuse/listing.py read_listing (has_opaque_xattr via "
-                          "/proc/self/fd) and tree.Tree.resolve (os.stat) cross the mount point "
-                          "when the mountpoint lies inside a lower layer: the daemon sends a "
-                          "FUSE request to itself and deadlocks (every later request hangs); "
-                          "kernel overlayfs shows the directory underneath", strict=True)
 def test_mountpoint_inside_a_lower_layer(make_stack, kernel_available, tmp_path: Path) -> None:
     listings = {}
     for who in ("kernel", "ofs"):
