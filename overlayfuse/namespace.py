@@ -214,7 +214,7 @@ class Namespace:
         if node.open_files and node.orphan_fd is None:
             # Keep the object reachable for fstat-like calls once its name is gone.
             node.orphan_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                     dir_fd=self.tree.parent_fd(node))
+                                     dir_fd=self.tree.dir_fd(parent, node.top_layer))
         self._remove_name(parent, name, in_upper=node.top_layer == UPPER, upper_fd=upper_fd)
         self.tree.table.remove_link(node, parent, name)
 
