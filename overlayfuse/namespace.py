@@ -279,44 +279,61 @@ class Namespace:
         exchange = bool(flags & RENAME_EXCHANGE)
         check_new_name(new_name)
         source, _ = self._existing(old_parent, old_name)
+        found = self.tree.lookup(new_parent, new_name)
+        target = found[0] if found else None
+        # What the VFS and kernel overlayfs refuse before anything is copied up.
+        if exchange and target is None:
+            raise OSError(errno.ENOENT, "exchange target missing", new_name)
+        if target is not None and flags & RENAME_NOREPLACE:
+            raise OSError(errno.EEXIST, "target exists", new_name)
+        if source is target and not exchange:
+            return
         self._check_movable(source)
-        # Copy-ups first: they may wait; everything after them runs without a pause.
-        await self.copy_up.ensure_upper(source)
-        target = self.tree.lookup(new_parent, new_name)
         if exchange:
-            if target is None:
-                raise OSError(errno.ENOENT, "exchange target missing", new_name)
-            self._check_movable(target[0])
-            await self.copy_up.ensure_upper(target[0])
+            assert target is not None
+            self._check_movable(target)
+        elif target is not None:
+            self._check_types(source, target)
+            if target.is_dir and target.layers != (UPPER,) and not self.tree.is_empty_dir(target):
+                raise OSError(errno.ENOTEMPTY, "target directory not empty")
+        # Copy-ups may wait; everything after them runs without a pause.
+        await self.copy_up.ensure_upper(source)
+        if exchange:
+            assert target is not None
+            await self.copy_up.ensure_upper(target)
         self.copy_up.directory(old_parent)
         self.copy_up.directory(new_parent)
 
         source, _ = self._existing(old_parent, old_name)
-        found_target = self.tree.lookup(new_parent, new_name)
-        target_node = found_target[0] if found_target else None
-        if source is target_node and not exchange:
+        found = self.tree.lookup(new_parent, new_name)
+        target = found[0] if found else None
+        if source is target and not exchange:
             return
         if exchange:
-            if target_node is None:
+            if target is None:
                 raise OSError(errno.ENOENT, "exchange target missing", new_name)
-            self._exchange(old_parent, old_name, source, new_parent, new_name, target_node)
+            self._exchange(old_parent, old_name, source, new_parent, new_name, target)
             return
-        if target_node is not None:
+        if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise OSError(errno.EEXIST, "target exists", new_name)
-            self._check_replaceable(source, target_node, new_parent)
-        self._move(old_parent, old_name, source, new_parent, new_name, target_node)
+            self._check_replaceable(source, target, new_parent)
+        self._move(old_parent, old_name, source, new_parent, new_name, target)
 
     def _check_movable(self, node: Node) -> None:
         # Kernel overlayfs without redirect_dir: a directory with a lower part cannot move.
         if node.is_dir and node.layers != (UPPER,):
             raise OSError(errno.EXDEV, "directory has a lower layer")
 
-    def _check_replaceable(self, source: Node, target: Node, new_parent: Node) -> None:
+    @staticmethod
+    def _check_types(source: Node, target: Node) -> None:
         if source.is_dir and not target.is_dir:
             raise OSError(errno.ENOTDIR, "target is not a directory")
         if not source.is_dir and target.is_dir:
             raise OSError(errno.EISDIR, "target is a directory")
+
+    def _check_replaceable(self, source: Node, target: Node, new_parent: Node) -> None:
+        self._check_types(source, target)
         if target.is_dir and not self.tree.is_empty_dir(target):
             if target.layers == (UPPER,):
                 # The kernel marks the source before the upper filesystem refuses a
