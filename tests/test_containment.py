@@ -269,16 +269,23 @@ def test_odd_and_255_byte_names(both) -> None:
     assert raw_snapshot(ofs["upper"]) == raw_snapshot(kernel["upper"])
 
 
-def _make_deep(root: Path, depth: int, name_len: int) -> None:
-    """root/N1/N2/.../Ndepth/file, a path far longer than PATH_MAX (made with dir fds)."""
+def _deep_dir(root: Path, depth: int, name_len: int, make: bool = False) -> int:
+    """An fd on root/N1/.../Ndepth, a path far longer than PATH_MAX, reached (and with
+    `make`, made) one component at a time."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for level in range(depth):
-            name = f"{level:03d}" + "p" * (name_len - 3)
+    for level in range(depth):
+        name = f"{level:03d}" + "p" * (name_len - 3)
+        if make:
             os.mkdir(name, dir_fd=fd)
-            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = child
+        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _make_deep(root: Path, depth: int, name_len: int) -> None:
+    fd = _deep_dir(root, depth, name_len, make=True)
+    try:
         file_fd = os.open("file", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
         os.write(file_fd, b"at the bottom")
         os.close(file_fd)
@@ -289,13 +296,8 @@ def _make_deep(root: Path, depth: int, name_len: int) -> None:
 def _walk_deep(root: Path, depth: int, name_len: int) -> dict[str, object]:
     """Through the mount, one component at a time: read, copy up, create, rename, list."""
     result: dict[str, object] = {}
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fd = _deep_dir(root, depth, name_len)
     try:
-        for level in range(depth):
-            child = os.open(f"{level:03d}" + "p" * (name_len - 3),
-                            os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = child
         file_fd = os.open("file", os.O_RDWR | os.O_APPEND, dir_fd=fd)
         result["read"] = os.read(file_fd, 100)
         os.write(file_fd, b" + written")
@@ -328,13 +330,8 @@ def test_paths_longer_than_path_max(make_stack, mount_kernel, mount_ofs) -> None
 
 
 def _walk_deep_upper(root: Path, depth: int, name_len: int) -> list[str]:
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fd = _deep_dir(root, depth, name_len)
     try:
-        for level in range(depth):
-            child = os.open(f"{level:03d}" + "p" * (name_len - 3),
-                            os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = child
         return sorted(os.listdir(fd))
     finally:
         os.close(fd)
