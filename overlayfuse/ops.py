@@ -56,12 +56,17 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class OpenFile:
-    __slots__ = ("node", "fd", "layer")
+    __slots__ = ("node", "fd", "layer", "retired")
 
     def __init__(self, node: Node, fd: int, layer: int) -> None:
         self.node = node
         self.fd = fd
         self.layer = layer
+        self.retired: list[int] = []    # fds replaced after a copy-up, closed at release
+
+    def close(self) -> None:
+        for fd in (self.fd, *self.retired):
+            os.close(fd)
 
 
 class Operations(pyfuse3.Operations):
@@ -325,15 +330,17 @@ class Operations(pyfuse3.Operations):
                 raise
             got = _read_into(handle.fd, memoryview(buffer), off)
         if got < size and os.fstat(handle.fd).st_size > off + got:
-            got += await trio.to_thread.run_sync(_read_into, handle.fd,
-                                                 memoryview(buffer)[got:], off + got)
+            fd = handle.fd      # the handle may move to a copied-up fd meanwhile
+            got += await trio.to_thread.run_sync(_read_into, fd, memoryview(buffer)[got:],
+                                                 off + got)
         return memoryview(buffer)[:got]
 
     def _reopen_copied_up(self, handle: OpenFile) -> None:
         """The file was copied up since it was opened: read from the copy, as the kernel does."""
         fd = os.open(handle.node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=self.tree.parent_fd(handle.node))
-        os.close(handle.fd)
+        # Not closed yet: a read of this handle may still be using it in a worker thread.
+        handle.retired.append(handle.fd)
         handle.fd, handle.layer = fd, handle.node.top_layer
 
     @_edge
@@ -345,7 +352,7 @@ class Operations(pyfuse3.Operations):
     @_edge
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh)
-        os.close(handle.fd)
+        handle.close()
         handle.node.open_files -= 1
         self.tree.table.forget(handle.node.ino, 0)
 
