@@ -264,8 +264,8 @@ def test_concurrent_workers_see_no_corruption(make_stack, kernel_available,
         assert daemon.poll() is None, "the daemon died"
         unexpected = [r["unexpected"] for r in reports if r["unexpected"]]
         corrupt = [r["corrupt"] for r in reports if r["corrupt"]]
-        assert not unexpected, f"unexpected errors: {unexpected}"
-        assert not corrupt, f"corrupt data: {corrupt}"
+        assert not unexpected, f"unexpected errors: {unexpected}\ndaemon log:\n{log.read_text()}"
+        assert not corrupt, f"corrupt data: {corrupt}\ndaemon log:\n{log.read_text()}"
         total = sum(sum(r["counts"].values()) for r in reports)
         assert total > 200 * WORKERS, f"only {total} operations ran"
 
