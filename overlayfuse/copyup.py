@@ -194,6 +194,7 @@ class CopyUp:
         os.mkdir(temp, 0o700, dir_fd=self.work.fd)
         try:
             self.set_metadata(temp, st, xattrs_from=(src_fd, None))
+            self.tree.origins.record((src_fd, None), st.st_dev, (self.work.fd, temp))
         except OSError:
             self.work.discard(temp)
             raise
@@ -236,6 +237,7 @@ class CopyUp:
                 else:
                     os.mknod(temp, st.st_mode, st.st_rdev, dir_fd=work)
                 self.set_metadata(temp, st, xattrs_from=(src_dir, node.name))
+            self.tree.origins.record((src_dir, node.name), st.st_dev, (work, temp))
         except BaseException:
             self.work.discard(temp)
             raise

@@ -125,7 +125,8 @@ class Namespace:
 
     def _new_node(self, parent: Node, name: bytes, st: os.stat_result, opaque: bool = False
                   ) -> Node:
-        node = self.tree.node_for(parent, name, Found((UPPER,), (st.st_ino,), st))
+        node = self.tree.node_for(parent, name, Found((UPPER,), (st.st_ino,), st),
+                                  made_here=True)
         if node.is_dir:
             node.upper_state = UpperDirState(opaque=opaque, oci_whiteouts=set())
         return node

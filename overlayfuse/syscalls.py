@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import fcntl
 import os
 
 AT_FDCWD = -100
@@ -70,3 +72,69 @@ def open_tree_clone(path: str) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return int(fd)
+
+
+MAX_HANDLE_SZ = 128
+AT_EMPTY_PATH = 0x1000
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ)]
+
+
+_name_to_handle_at = _libc.name_to_handle_at
+_name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_FileHandle),
+                               ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+_name_to_handle_at.restype = ctypes.c_int
+_open_by_handle_at = _libc.open_by_handle_at
+_open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), ctypes.c_int]
+_open_by_handle_at.restype = ctypes.c_int
+
+
+def name_to_handle_at(dir_fd: int, name: bytes | None) -> tuple[int, bytes]:
+    """(handle type, handle) of `name` in `dir_fd`, or of `dir_fd` itself when name is None;
+    a symlink is not followed. The handle is what the filesystem's export operations encode,
+    the same bytes kernel overlayfs stores as a copy-up origin."""
+    handle = _FileHandle(handle_bytes=MAX_HANDLE_SZ)
+    mount_id = ctypes.c_int()
+    flags = AT_EMPTY_PATH if name is None else 0
+    if _name_to_handle_at(dir_fd, name or b"", ctypes.byref(handle), ctypes.byref(mount_id),
+                          flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), name)
+    return handle.handle_type, bytes(handle.f_handle[:handle.handle_bytes])
+
+
+def open_by_handle_at(mount_fd: int, handle_type: int, handle: bytes, flags: int) -> int:
+    """Open the object a handle names on the filesystem of `mount_fd`. Needs
+    CAP_DAC_READ_SEARCH."""
+    if len(handle) > MAX_HANDLE_SZ:
+        raise OSError(errno.EINVAL, "file handle too long")
+    fh = _FileHandle(handle_bytes=len(handle), handle_type=handle_type)
+    ctypes.memmove(fh.f_handle, handle, len(handle))
+    fd = _open_by_handle_at(mount_fd, ctypes.byref(fh), flags | os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+FS_IOC_GETFSUUID = 0x80111500   # _IOR(0x15, 0, struct fsuuid2 { u8 len; u8 uuid[16]; })
+NULL_UUID = bytes(16)
+
+
+def filesystem_uuid(dir_fd: int) -> bytes:
+    """The superblock's UUID (s_uuid) of the filesystem holding the directory `dir_fd`;
+    all zeros for a filesystem that has none, as the kernel keeps it."""
+    buf = bytearray(17)
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        fcntl.ioctl(fd, FS_IOC_GETFSUUID, buf)
+    except OSError as e:
+        if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+            return NULL_UUID
+        raise
+    finally:
+        os.close(fd)
+    return bytes(buf[1:1 + min(buf[0], 16)]).ljust(16, b"\0")

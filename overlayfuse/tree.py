@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .inodes import ROOT_INO, Node, NodeTable, UpperDirState
 from .layers import Stack
 from .listing import Listing, ListingCache, read_listing
+from .origin import Origins
 from .whiteout import OCI_OPAQUE_MARKER, has_opaque_xattr, is_whiteout, oci_target
 
 DIR_FD_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -48,6 +49,7 @@ class Tree:
         for layer in stack.layers:
             tags.setdefault(layer.dev, 0 if stack.single_fs else len(tags))
         self.table = NodeTable(fs_tags=tags, on_drop=self._on_drop)
+        self.origins = Origins(stack)
         self.listings = ListingCache(max_listing_entries)
         self._fds: OrderedDict[tuple[Node, int], int] = OrderedDict()
         self._max_fds = max_dir_fds
@@ -247,7 +249,10 @@ class Tree:
             return None
         return self.node_for(parent, name, found), found.st
 
-    def node_for(self, parent: Node, name: bytes, found: Found) -> Node:
+    def node_for(self, parent: Node, name: bytes, found: Found, made_here: bool = False
+                 ) -> Node:
+        """The node for `found` at parent/name, made or re-used. `made_here`: the object was
+        just created through this mount, so it has no copy-up origin to look for."""
         identity = self.identity(found, parent, name)
         node = self.table.by_identity.get(identity)
         if node is not None and node.is_dir == found.is_dir:
@@ -261,8 +266,14 @@ class Tree:
         # kernel does (its origin): the number then survives copy-up and remount alike.
         source = 1 if found.is_dir and len(found.layers) > 1 and found.layers[0] == UPPER \
             and self.writable else 0
-        dev = self.stack.layers[found.layers[source]].dev
-        node = Node(ino=self.table.choose_ino(dev, found.real_inos[source]), parent=parent,
+        dev, real_ino = self.stack.layers[found.layers[source]].dev, found.real_inos[source]
+        if not (made_here or found.is_dir) and found.layers[0] == UPPER and self.writable \
+                and (dev, real_ino) not in self.table.origin_ino:
+            # Copied up before this mount: numbered after its lower origin, as the kernel does.
+            origin = self.origins.lower_inode(self.dir_fd(parent, UPPER), name, found.st)
+            if origin is not None:
+                dev, real_ino = origin
+        node = Node(ino=self.table.choose_ino(dev, real_ino), parent=parent,
                     name=name, is_dir=found.is_dir, layers=found.layers,
                     real_inos=found.real_inos, identity=identity)
         self.table.add(node)

@@ -24,8 +24,9 @@ from .trees import build_layer, raw_snapshot, snapshot
 OVERLAYFUSE_TEMPLATE = ("{python} -m overlayfuse -o lowerdir={lowerdir},upperdir={upperdir},"
                         "workdir={workdir} {merged}")
 
-# Private xattrs the kernel writes for features overlayfuse does not use (inode origin,
-# impure dirs, the layer uuid): they carry no meaning for the merged view.
+# Private bookkeeping xattrs (the copy-up origin, impure dirs, the layer uuid): their values
+# name inodes and filesystems, which differ between two otherwise identical stacks, and
+# fuse-overlayfs writes none of them; the merged view does not show them.
 KERNEL_BOOKKEEPING_XATTRS = (".overlay.origin", ".overlay.impure", ".overlay.uuid")
 
 
