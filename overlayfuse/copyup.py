@@ -152,7 +152,8 @@ class CopyUp:
 
     def _install_keeping_times(self, parent: Node, temp: bytes, name: bytes) -> os.stat_result:
         """Move a finished copy from the work dir into the upper copy of `parent`, leaving the
-        parent's times as they were (as the kernel does on copy-up)."""
+        parent's mtime as it was (as the kernel does on copy-up). Its ctime changes, also
+        for the kernel's cache."""
         upper_fd = self.tree.dir_fd(parent, UPPER)
         parent_st = os.stat(upper_fd)
         try:
@@ -162,6 +163,7 @@ class CopyUp:
             raise
         path, _ = proc_path(upper_fd)
         os.utime(path, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
+        self.tree.attrs_changed(parent)
         return os.stat(name, dir_fd=upper_fd, follow_symlinks=False)
 
     def _became_upper(self, node: Node, st: os.stat_result) -> None:
