@@ -1,0 +1,120 @@
+"""An unprivileged caller on a mount made by root gets what kernel overlayfs gives it: the same
+errno for what it may not do (sticky dirs, other users' files, chown, trusted xattrs) and the
+same owner and mode bits for what it makes (setgid dirs) or changes (a write to a setuid file
+drops the bit). The daemon acts as root, so every such rule must hold at the FUSE edge."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from overlayfuse import mounts
+from overlayfuse.compare.trees import build_stack
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+
+USER, GROUP, OTHER_GROUP = 54321, 54321, 54999
+
+
+def _prepare(lower: Path) -> None:
+    (lower / "sg").mkdir()
+    os.chown(lower / "sg", 0, OTHER_GROUP)
+    os.chmod(lower / "sg", 0o2777)
+    (lower / "sticky").mkdir()
+    os.chmod(lower / "sticky", 0o1777)
+    (lower / "sticky/rootfile").write_text("r")
+    (lower / "sticky/userfile").write_text("u")
+    os.chown(lower / "sticky/userfile", USER, GROUP)
+    (lower / "suid").write_text("s")
+    os.chown(lower / "suid", USER, GROUP)
+    os.chmod(lower / "suid", 0o6777)
+    (lower / "mine").write_text("m")
+    os.chown(lower / "mine", USER, GROUP)
+    (lower / "ro").write_text("o")
+    (lower / "grpdir").mkdir()
+    os.chown(lower / "grpdir", 0, OTHER_GROUP)
+    os.chmod(lower / "grpdir", 0o775)
+
+
+def _made(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, st.st_mode
+
+
+OPERATIONS: dict[str, Callable[[Path], object]] = {
+    "create-in-setgid-dir": lambda m: ((m / "sg/new").touch(), _made(m / "sg/new"))[1],
+    "mkdir-in-setgid-dir": lambda m: (os.mkdir(m / "sg/nd"), _made(m / "sg/nd"))[1],
+    "unlink-others-in-sticky": lambda m: os.unlink(m / "sticky/rootfile"),
+    "unlink-own-in-sticky": lambda m: os.unlink(m / "sticky/userfile"),
+    "rename-others-in-sticky": lambda m: os.rename(m / "sticky/rootfile", m / "sticky/x"),
+    "write-setuid-file": lambda m: ((m / "suid").open("a").write("x"), _made(m / "suid"))[1],
+    "chmod-others": lambda m: os.chmod(m / "ro", 0o600),
+    "write-others": lambda m: (m / "ro").open("a").write("x"),
+    "truncate-others": lambda m: os.truncate(m / "ro", 0),
+    "utime-now-others": lambda m: os.utime(m / "ro"),
+    "utime-given-others": lambda m: os.utime(m / "ro", (1, 1)),
+    "chown-own-away": lambda m: os.chown(m / "mine", 0, -1),
+    "chgrp-own-to-non-member": lambda m: os.chown(m / "mine", -1, OTHER_GROUP),
+    "chmod-own-setgid": lambda m: (os.chmod(m / "mine", 0o2755), _made(m / "mine"))[1],
+    "create-in-unwritable-dir": lambda m: (m / "grpdir/x").touch(),
+    "mkdir-in-root": lambda m: os.mkdir(m / "newdir"),
+    "setxattr-user-others": lambda m: os.setxattr(m / "ro", "user.x", b"1"),
+    "setxattr-trusted": lambda m: os.setxattr(m / "mine", "trusted.x", b"1"),
+    "link-others": lambda m: os.link(m / "ro", m / "sticky/lnk"),
+}
+
+
+def _as_user(operation: Callable[[Path], object], merged: Path) -> str:
+    """The outcome of `operation` run by an unprivileged user, in a child process."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            os.setgroups([GROUP])
+            os.setresgid(GROUP, GROUP, GROUP)
+            os.setresuid(USER, USER, USER)
+            try:
+                outcome = repr(("ok", operation(merged)))
+            except OSError as e:
+                outcome = repr(("error", errno.errorcode[e.errno]))
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, which fails
+            outcome = repr(("crash", repr(e)))
+        os.write(write_end, outcome.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return outcome
+
+
+@pytest.fixture
+def shared_base() -> Iterator[Path]:
+    """A base the unprivileged user can traverse (pytest's own tmp dirs are root-only)."""
+    base = Path(tempfile.mkdtemp(prefix="overlayfuse-perm-"))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_an_unprivileged_caller_gets_what_the_kernel_gives(shared_base: Path, kernel_available,
+                                                          operation: str) -> None:
+    outcomes = {}
+    for name, mount in (("kernel", mounts.kernel_overlay), ("ofs", mounts.overlayfuse)):
+        stack = build_stack(shared_base / name, [{}])
+        _prepare(stack["lowers"][0])
+        os.chmod(stack["base"], 0o755)
+        with mount(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
+            outcomes[name] = _as_user(OPERATIONS[operation], stack["merged"])
+    assert "crash" not in outcomes["kernel"], outcomes
+    assert outcomes["ofs"] == outcomes["kernel"]
