@@ -10,7 +10,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .syscalls import open_noatime
-from .whiteout import OCI_OPAQUE_MARKER, has_opaque_xattr, is_whiteout, oci_target
+from .whiteout import (HOLDS_XWHITEOUTS, OCI_OPAQUE_MARKER, OPAQUE, is_whiteout, is_xwhiteout,
+                       oci_target, opaque_marker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,13 +23,16 @@ class Listing:
     oci_markers: frozenset[bytes]   # `.wh.*` entries themselves, removed when a name is re-used
 
 
-def read_listing(dir_fd: int) -> Listing:
-    """Read the directory behind an O_PATH fd."""
+def read_listing(dir_fd: int, lower: bool) -> Listing:
+    """Read the directory behind an O_PATH fd. Only in a `lower` layer are xwhiteouts
+    honoured (the kernel's readdir does not honour them in the upper layer)."""
     entries: dict[bytes, int] = {}
     dirs: set[bytes] = set()
     whiteouts: set[bytes] = set()
     oci_markers: set[bytes] = set()
-    opaque = False
+    marker = opaque_marker(dir_fd)
+    opaque = marker == OPAQUE
+    xwhiteouts = lower and marker == HOLDS_XWHITEOUTS
     fd = open_noatime(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd)
     try:
         with os.scandir(fd) as scan:
@@ -43,16 +47,17 @@ def read_listing(dir_fd: int) -> Listing:
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     dirs.add(name)
-                elif not (entry.is_file(follow_symlinks=False)
-                          or entry.is_symlink()) and is_whiteout(
-                              entry.stat(follow_symlinks=False)):
+                elif entry.is_file(follow_symlinks=False):
+                    if xwhiteouts and is_xwhiteout(dir_fd, name, entry.stat(
+                            follow_symlinks=False)):
+                        whiteouts.add(name)
+                        continue
+                elif not entry.is_symlink() and is_whiteout(entry.stat(follow_symlinks=False)):
                     whiteouts.add(name)
                     continue
                 entries[name] = entry.inode()
     finally:
         os.close(fd)
-    if not opaque:
-        opaque = has_opaque_xattr(dir_fd)
     # A `.wh.NAME` beside a real NAME in the same layer: the real entry wins.
     whiteouts.difference_update(entries)
     return Listing(entries, frozenset(dirs), frozenset(whiteouts), opaque, frozenset(oci_markers))

@@ -105,7 +105,7 @@ class Tree:
         key = (layer, node.real_inos[node.layers.index(layer)])
         listing = self.listings.get(key)
         if listing is None:
-            listing = read_listing(self.dir_fd(node, layer))
+            listing = read_listing(self.dir_fd(node, layer), lower=True)
             self.listings.put(key, listing)
         return listing
 
@@ -116,7 +116,7 @@ class Tree:
         return None
 
     def upper_listing(self, node: Node) -> Listing:
-        listing = read_listing(self.dir_fd(node, UPPER))
+        listing = read_listing(self.dir_fd(node, UPPER), lower=False)
         node.upper_state = UpperDirState(listing.opaque, _oci_whiteouts(listing))
         return listing
 
@@ -227,7 +227,7 @@ class Tree:
         if listing is None:
             fd = os.open(name, DIR_FD_FLAGS, dir_fd=self.dir_fd(parent, layer))
             try:
-                listing = read_listing(fd)
+                listing = read_listing(fd, lower=True)
             finally:
                 os.close(fd)
             self.listings.put((layer, d_ino), listing)

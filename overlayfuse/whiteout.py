@@ -8,6 +8,12 @@ import stat
 OCI_WHITEOUT_PREFIX = b".wh."
 OCI_OPAQUE_MARKER = b".wh..wh..opq"
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
+# Kernel >= 6.7 "xwhiteouts": in a lower dir marked opaque=x (not opaque, but holding such
+# whiteouts), an empty regular file with this xattr is a whiteout. Overlays nest that way: a
+# chardev whiteout cannot be stored inside another overlay's layer.
+XWHITEOUT_XATTRS = (b"trusted.overlay.whiteout", b"user.overlay.whiteout")
+OPAQUE = b"y"
+HOLDS_XWHITEOUTS = b"x"
 WHITEOUT_MODE = stat.S_IFCHR  # chardev 0/0, mode 0000, as kernel overlayfs makes it
 
 
@@ -36,14 +42,37 @@ def proc_path(fd: int, name: bytes | None = None) -> tuple[bytes, bool]:
     return b"/proc/self/fd/%d/%s" % (fd, name), False
 
 
-def has_opaque_xattr(fd: int, name: bytes | None = None) -> bool:
+def opaque_marker(fd: int, name: bytes | None = None) -> bytes | None:
+    """A dir's opaque xattr: OPAQUE, HOLDS_XWHITEOUTS, or None (or another value, which
+    means neither)."""
     path, follow = proc_path(fd, name)
+    marker = None
     for attr in OPAQUE_XATTRS:
         try:
-            if os.getxattr(path, attr, follow_symlinks=follow) == b"y":
-                return True
+            value = os.getxattr(path, attr, follow_symlinks=follow)
         except OSError:
             continue
+        if value == OPAQUE:
+            return value
+        marker = marker or value
+    return marker
+
+
+def has_opaque_xattr(fd: int, name: bytes | None = None) -> bool:
+    return opaque_marker(fd, name) == OPAQUE
+
+
+def is_xwhiteout(dir_fd: int, name: bytes, st: os.stat_result) -> bool:
+    """Whether a file in a dir that holds xwhiteouts is one."""
+    if not stat.S_ISREG(st.st_mode) or st.st_size != 0:
+        return False
+    path, follow = proc_path(dir_fd, name)
+    for attr in XWHITEOUT_XATTRS:
+        try:
+            os.getxattr(path, attr, follow_symlinks=follow)
+        except OSError:
+            continue
+        return True
     return False
 
 

@@ -230,6 +230,39 @@ def test_whiteouts_hide_lower_names(pair, case: str, form: str) -> None:
         assert not any(Path(rel).name.startswith(".wh.") for rel in snapshot(merged))
 
 
+XWHITEOUT_LOWERS = [
+    {"d": "xwhiteouts-dir", "d/a": "xwhiteout", "d/keep": "file:k",
+     "d/sub": "xwhiteouts-dir", "d/sub/b": "xwhiteout",
+     "full": "xwhiteouts-dir", "full/c": "file:data"},  # not empty: a file (xattr below)
+    {"d/a": "file:a", "d/x": "file:x", "d/sub/b": "file:b", "d/sub/y": "file:y",
+     "full/c": "file:c"}]
+
+
+def test_xattr_whiteouts_in_lower_layers(pair) -> None:
+    """Linux >= 6.7: in a lower dir marked opaque=x, an empty file with overlay.whiteout is
+    a whiteout (how overlays nest); a file that is not empty is not."""
+    def mark_full_file(stack: dict) -> None:
+        os.setxattr(stack["lowers"][0] / "full/c", "trusted.overlay.whiteout", b"")
+    with pair(XWHITEOUT_LOWERS, prepare=mark_full_file) as (kernel, ofs):
+        merged = ofs["merged"]
+        expected = snapshot(kernel["merged"])
+        assert snapshot(merged) == expected
+        assert sorted(os.listdir(merged / "d")) == ["keep", "sub", "x"]
+        for rel in ("d/a", "d/sub/b"):
+            assert errno_of(lambda: os.lstat(merged / rel)) == errno.ENOENT, rel
+        assert read(merged / "full/c") == "data"
+        assert sorted(os.listxattr(merged / "d")) == sorted(os.listxattr(kernel["merged"] / "d"))
+
+
+def test_an_xattr_whiteout_outside_a_marked_dir_is_a_file(ofs_only) -> None:
+    """The kernel lists such a file but, once it has met a marked dir in that layer, fails
+    its lookup with ENOENT; overlayfuse shows it as the empty file it is (docs/behaviour.md)."""
+    with ofs_only([{"plain/a": "xwhiteout", "marked": "xwhiteouts-dir"},
+                   {"plain/a": "file:pa"}]) as merged:
+        assert os.listdir(merged / "plain") == ["a"]
+        assert read(merged / "plain/a") == ""
+
+
 @pytest.fixture
 def ofs_only(make_stack: Callable[..., dict], mount_ofs: Callable[..., object]
              ) -> Callable[..., contextlib.AbstractContextManager]:

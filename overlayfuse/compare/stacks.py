@@ -20,9 +20,10 @@ NAMES = ("a", "b", "c")
 MAX_DEPTH = 3
 
 LOWER_KINDS = ("file", "dir", "symlink", "whiteout", "oci-whiteout", "opaque", "oci-opaque",
-               "user-opaque", "fifo", "link")
+               "user-opaque", "fifo", "link", "xwhiteouts-dir", "xwhiteout")
+# The kernel's upper layer half-honours xwhiteouts (lookup yes, readdir no): not drawn there.
 UPPER_KINDS = ("file", "dir", "symlink", "whiteout", "opaque", "fifo", "link")
-DIR_KINDS = ("dir", "opaque", "oci-opaque", "user-opaque")
+DIR_KINDS = ("dir", "opaque", "oci-opaque", "user-opaque", "xwhiteouts-dir")
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,51 @@ def normalize(spec: dict[str, str]) -> dict[str, str]:
 @st.composite
 def stack_specs(draw: st.DrawFn) -> StackSpec:
     nlowers = draw(st.integers(1, 3))
-    lowers = tuple(normalize(draw(st.dictionaries(paths, _entries(LOWER_KINDS), max_size=8)))
-                   for _ in range(nlowers))
+    drawn = [draw(st.dictionaries(paths, _entries(LOWER_KINDS), max_size=8))
+             for _ in range(nlowers)]
+    # Whiteouts drawn at random rarely hide anything (and are then left out, see below):
+    # each lower layer also whites out a few names that the layers below it hold.
+    for index in range(nlowers - 1):
+        below = sorted({path for layer in drawn[index + 1:] for path in layer})
+        if below:
+            targets = draw(st.lists(st.sampled_from(below), max_size=3))
+            kinds = draw(st.lists(st.sampled_from(WHITEOUT_KINDS), min_size=len(targets),
+                                  max_size=len(targets)))
+            drawn[index] = {**dict(zip(targets, kinds)), **drawn[index]}
+    lowers = tuple(normalize(layer) for layer in drawn)
     upper = normalize(draw(st.dictionaries(paths, _entries(UPPER_KINDS), max_size=5)))
-    return StackSpec(*_without_stray_whiteouts(lowers, upper))
+    lowers, upper = _without_stray_whiteouts(lowers, upper)
+    # Drawn at random, an xwhiteout rarely lands in a marked dir over something to hide:
+    # some layers get their whiteouts in that form instead.
+    in_xattr_form = draw(st.lists(st.booleans(), min_size=nlowers, max_size=nlowers))
+    lowers = tuple(_as_xwhiteouts(layer) if convert else layer
+                   for layer, convert in zip(lowers, in_xattr_form))
+    return StackSpec(lowers, upper)
+
+
+def _as_xwhiteouts(layer: dict[str, str]) -> dict[str, str]:
+    """The same layer with its chardev whiteouts in plain dirs as xwhiteouts, their dirs
+    marked as holding them (which is not opaque: the meaning does not change)."""
+    converted = dict(layer)
+    for path, what in layer.items():
+        parent = path.rpartition("/")[0]
+        if what == "whiteout" and converted.get(parent) in ("dir", "xwhiteouts-dir"):
+            converted[path] = "xwhiteout"
+            converted[parent] = "xwhiteouts-dir"
+    return converted
 
 
 WHITEOUT_KINDS = ("whiteout", "oci-whiteout")
+
+
+def _kind(layer: dict[str, str], path: str) -> str:
+    """The kind of `path` in `layer` by its meaning: an xwhiteout is a whiteout only in a dir
+    marked as holding xwhiteouts, and an empty file anywhere else."""
+    kind = layer.get(path, "").partition(":")[0]
+    if kind == "xwhiteout":
+        parent = path.rpartition("/")[0]
+        return "whiteout" if parent and layer.get(parent) == "xwhiteouts-dir" else "file"
+    return kind
 
 
 OPAQUE_KINDS = ("opaque", "oci-opaque", "user-opaque")
@@ -92,7 +131,7 @@ def _resolves(path: str, layers: list[dict[str, str]]) -> bool:
         prefix = "/".join(parts[:depth + 1])
         merged: list[dict[str, str]] = []
         for layer in candidates:
-            kind = layer.get(prefix, "").partition(":")[0]
+            kind = _kind(layer, prefix)
             if not kind:
                 continue
             if kind in WHITEOUT_KINDS:
@@ -110,6 +149,14 @@ def _resolves(path: str, layers: list[dict[str, str]]) -> bool:
     return True
 
 
+def _kept(layer: dict[str, str], path: str, below: list[dict[str, str]]) -> bool:
+    if _kind(layer, path) in WHITEOUT_KINDS:
+        return _resolves(path, below)
+    # An xwhiteout outside a marked dir: the kernel lists it, yet fails its lookup once it
+    # has met a marked dir in that layer. Left out, like a stray whiteout.
+    return layer[path] != "xwhiteout"
+
+
 def _without_stray_whiteouts(lowers: tuple[dict[str, str], ...], upper: dict[str, str]
                              ) -> tuple[tuple[dict[str, str], ...], dict[str, str]]:
     """Keep a whiteout only where it hides something in the layers below, the only place
@@ -117,7 +164,7 @@ def _without_stray_whiteouts(lowers: tuple[dict[str, str], ...], upper: dict[str
     kept_lowers: list[dict[str, str]] = []
     for layer in reversed(lowers):
         kept_lowers.insert(0, {path: what for path, what in layer.items()
-                               if what not in WHITEOUT_KINDS or _resolves(path, kept_lowers)})
+                               if _kept(layer, path, kept_lowers)})
     kept_upper = {path: what for path, what in upper.items()
                   if what not in WHITEOUT_KINDS or _resolves(path, kept_lowers)}
     return tuple(kept_lowers), kept_upper

@@ -5,6 +5,9 @@ A layer spec maps a relative path to what it holds:
     "dir"                  directory
     "opaque"               directory marked trusted.overlay.opaque=y
     "user-opaque"          directory marked user.overlay.opaque=y
+    "xwhiteouts-dir"       directory marked trusted.overlay.opaque=x: it holds xwhiteouts
+    "xwhiteout"            empty file with trusted.overlay.whiteout: a whiteout (Linux >= 6.7)
+                           in an xwhiteouts-dir of a lower layer, a plain empty file elsewhere
     "oci-opaque"           directory holding a `.wh..wh..opq` file
     "symlink:TARGET"       symbolic link
     "whiteout"             chardev 0/0
@@ -36,6 +39,12 @@ def build_layer(root: Path, spec: dict[str, str]) -> None:
             path.mkdir(exist_ok=True)
             prefix = "trusted" if kind == "opaque" else "user"
             os.setxattr(path, f"{prefix}.overlay.opaque", b"y")
+        elif kind == "xwhiteouts-dir":
+            path.mkdir(exist_ok=True)
+            os.setxattr(path, "trusted.overlay.opaque", b"x")
+        elif kind == "xwhiteout":
+            path.write_bytes(b"")
+            os.setxattr(path, "trusted.overlay.whiteout", b"")
         elif kind == "oci-opaque":
             path.mkdir(exist_ok=True)
             (path / ".wh..wh..opq").write_bytes(b"")
