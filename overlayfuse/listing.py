@@ -21,6 +21,7 @@ class Listing:
     whiteouts: frozenset[bytes]     # names this layer hides in the layers below
     opaque: bool
     oci_markers: frozenset[bytes]   # `.wh.*` entries themselves, removed when a name is re-used
+    xwhiteouts: frozenset[bytes]    # the whiteouts that are xattr whiteouts
 
 
 def read_listing(dir_fd: int, lower: bool) -> Listing:
@@ -30,6 +31,7 @@ def read_listing(dir_fd: int, lower: bool) -> Listing:
     dirs: set[bytes] = set()
     whiteouts: set[bytes] = set()
     oci_markers: set[bytes] = set()
+    xattr_whiteouts: set[bytes] = set()
     marker = opaque_marker(dir_fd)
     opaque = marker == OPAQUE
     xwhiteouts = lower and marker == HOLDS_XWHITEOUTS
@@ -51,6 +53,7 @@ def read_listing(dir_fd: int, lower: bool) -> Listing:
                     if xwhiteouts and is_xwhiteout(dir_fd, name, entry.stat(
                             follow_symlinks=False)):
                         whiteouts.add(name)
+                        xattr_whiteouts.add(name)
                         continue
                 elif not entry.is_symlink() and is_whiteout(entry.stat(follow_symlinks=False)):
                     whiteouts.add(name)
@@ -60,7 +63,8 @@ def read_listing(dir_fd: int, lower: bool) -> Listing:
         os.close(fd)
     # A `.wh.NAME` beside a real NAME in the same layer: the real entry wins.
     whiteouts.difference_update(entries)
-    return Listing(entries, frozenset(dirs), frozenset(whiteouts), opaque, frozenset(oci_markers))
+    return Listing(entries, frozenset(dirs), frozenset(whiteouts), opaque, frozenset(oci_markers),
+                   frozenset(xattr_whiteouts))
 
 
 class ListingCache:

@@ -146,7 +146,17 @@ class Tree:
         return names
 
     def is_empty_dir(self, node: Node) -> bool:
-        return not self.list_names(node)
+        """Whether rmdir may remove `node`. As in the kernel, a name whose topmost entry is
+        a lower layer's xattr whiteout counts as an entry (ENOTEMPTY), though not listed."""
+        hidden: set[bytes] = set()
+        for layer in node.layers:
+            listing = self.layer_listing(node, layer)
+            if any(name not in hidden for name in listing.entries):
+                return False
+            if any(name not in hidden for name in listing.xwhiteouts):
+                return False
+            hidden.update(listing.whiteouts)
+        return True
 
     # ---- resolution ----------------------------------------------------------------------
 

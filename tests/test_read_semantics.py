@@ -254,6 +254,20 @@ def test_xattr_whiteouts_in_lower_layers(pair) -> None:
         assert sorted(os.listxattr(merged / "d")) == sorted(os.listxattr(kernel["merged"] / "d"))
 
 
+@needs_write_path
+@pytest.mark.parametrize("below", ["hides-a-file", "hides-nothing", "chardev"])
+def test_rmdir_of_a_dir_holding_xattr_whiteouts(pair, below: str) -> None:
+    """The kernel's rmdir counts a lower xattr whiteout as an entry (ENOTEMPTY) although the
+    dir lists empty; a chardev whiteout in the same place does not count."""
+    form = "whiteout" if below == "chardev" else "xwhiteout"
+    marked = "dir" if below == "chardev" else "xwhiteouts-dir"
+    bottom = {"d/a": "file:a"} if below != "hides-nothing" else {"d": "dir"}
+    with pair([{"d": marked, "d/a": form}, bottom]) as (kernel, ofs):
+        outcomes = [errno_of(lambda: os.rmdir(stack["merged"] / "d")) for stack in (kernel, ofs)]
+        assert outcomes[1] == outcomes[0]
+        assert outcomes[0] == (0 if below == "chardev" else errno.ENOTEMPTY)
+
+
 def test_an_xattr_whiteout_outside_a_marked_dir_is_a_file(ofs_only) -> None:
     """The kernel lists such a file but, once it has met a marked dir in that layer, fails
     its lookup with ENOENT; overlayfuse shows it as the empty file it is (docs/behaviour.md)."""
