@@ -48,8 +48,8 @@ KNOWN: tuple[Known, ...] = (
           "random stacks hold none; one met in the visible tree is classified",
           "classified", _stray_whiteout),
     Known("inode-numbers", "st_ino: the root is 1 (the FUSE root id); lower hard links get "
-          "distinct numbers; after a remount a copied-up file shows the upper inode number",
-          "not compared"),
+          "distinct numbers on writable mounts; without root, a copied-up file shows its upper "
+          "inode number after a remount", "not compared"),
     Known("timestamps", "atime/mtime/ctime are not part of the comparison (copy-up preserves "
           "them; both sides set them at slightly different instants)", "not compared"),
 )
