@@ -75,17 +75,18 @@ def stack_specs(draw: st.DrawFn) -> StackSpec:
     nlowers = draw(st.integers(1, 3))
     drawn = [draw(st.dictionaries(paths, _entries(LOWER_KINDS), max_size=8))
              for _ in range(nlowers)]
+    drawn.insert(0, draw(st.dictionaries(paths, _entries(UPPER_KINDS), max_size=5)))
     # Whiteouts drawn at random rarely hide anything (and are then left out, see below):
-    # each lower layer also whites out a few names that the layers below it hold.
-    for index in range(nlowers - 1):
+    # each layer also whites out a few names that the layers below it hold.
+    for index in range(nlowers):
         below = sorted({path for layer in drawn[index + 1:] for path in layer})
         if below:
             targets = draw(st.lists(st.sampled_from(below), max_size=3))
-            kinds = draw(st.lists(st.sampled_from(WHITEOUT_KINDS), min_size=len(targets),
-                                  max_size=len(targets)))
+            kinds = draw(st.lists(st.sampled_from(WHITEOUT_KINDS if index else ("whiteout",)),
+                                  min_size=len(targets), max_size=len(targets)))
             drawn[index] = {**dict(zip(targets, kinds)), **drawn[index]}
-    lowers = tuple(normalize(layer) for layer in drawn)
-    upper = normalize(draw(st.dictionaries(paths, _entries(UPPER_KINDS), max_size=5)))
+    upper, *rest = (normalize(layer) for layer in drawn)
+    lowers = tuple(rest)
     lowers, upper = _without_stray_whiteouts(lowers, upper)
     # Drawn at random, an xwhiteout rarely lands in a marked dir over something to hide:
     # some layers get their whiteouts in that form instead.
