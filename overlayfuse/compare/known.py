@@ -43,9 +43,10 @@ KNOWN: tuple[Known, ...] = (
     Known("reserved-wh-names", "names starting with `.wh.` cannot be created through the mount "
           "(EINVAL): they would read back as whiteouts", "classified", _reserved_name),
     Known("stray-whiteouts", "a whiteout with nothing below it to hide, in a directory that "
-          "is not merged, is listed by the kernel's readdir, though lstat gives ENOENT; "
-          "overlayfuse hides whiteouts everywhere. The kernel never writes such a whiteout, so "
-          "random stacks hold none; one met in the visible tree is classified",
+          "is not merged, is listed by the kernel's readdir, though lstat gives ENOENT (and "
+          "keeps rmdir from removing the dir); overlayfuse hides whiteouts everywhere. The "
+          "kernel never writes such a whiteout, so random stacks hold none; one met in the "
+          "visible tree is classified",
           "classified", _stray_whiteout),
     Known("inode-numbers", "st_ino: the root is 1 (the FUSE root id); lower hard links get "
           "distinct numbers on writable mounts; without root, a copied-up file shows its upper "

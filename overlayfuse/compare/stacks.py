@@ -150,9 +150,16 @@ def _resolves(path: str, layers: list[dict[str, str]]) -> bool:
     return True
 
 
+def _hides_something(layer: dict[str, str], path: str, below: list[dict[str, str]]) -> bool:
+    """Whether a whiteout at `path` in `layer` hides anything: the name must resolve through
+    this layer's own dirs (an opaque one above the whiteout cuts off the layers below)."""
+    others = {other: what for other, what in layer.items() if other != path}
+    return _resolves(path, [others, *below])
+
+
 def _kept(layer: dict[str, str], path: str, below: list[dict[str, str]]) -> bool:
     if _kind(layer, path) in WHITEOUT_KINDS:
-        return _resolves(path, below)
+        return _hides_something(layer, path, below)
     # An xwhiteout outside a marked dir: the kernel lists it, yet fails its lookup once it
     # has met a marked dir in that layer. Left out, like a stray whiteout.
     return layer[path] != "xwhiteout"
@@ -167,7 +174,7 @@ def _without_stray_whiteouts(lowers: tuple[dict[str, str], ...], upper: dict[str
         kept_lowers.insert(0, {path: what for path, what in layer.items()
                                if _kept(layer, path, kept_lowers)})
     kept_upper = {path: what for path, what in upper.items()
-                  if what not in WHITEOUT_KINDS or _resolves(path, kept_lowers)}
+                  if what not in WHITEOUT_KINDS or _hides_something(upper, path, kept_lowers)}
     return tuple(kept_lowers), kept_upper
 
 
