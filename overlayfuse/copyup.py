@@ -191,16 +191,25 @@ class CopyUp:
             raise OSError(errno.ENOENT, "directory was removed")
         self.directory(parent)
         src_fd = self.tree.dir_fd(node, node.top_layer)
-        st = os.stat(src_fd)
+        src_dev = self.tree.stack.layers[node.top_layer].dev
+        temp = self.stage_directory(
+            src_fd, lambda temp: self.tree.origins.record((src_fd, None), src_dev,
+                                                          (self.work.fd, temp)))
+        self._became_upper(node, self._install_keeping_times(parent, temp, node.name))
+
+    def stage_directory(self, like_fd: int, finish: Callable[[bytes], None]) -> bytes:
+        """An empty dir in the work dir with the owner, mode, times and xattrs of the dir
+        behind `like_fd`; `finish` adds what the caller needs. Its temporary name, or
+        nothing left behind on an error."""
         temp = self.work.temp_name()
         os.mkdir(temp, 0o700, dir_fd=self.work.fd)
         try:
-            self.set_metadata(temp, st, xattrs_from=(src_fd, None))
-            self.tree.origins.record((src_fd, None), st.st_dev, (self.work.fd, temp))
-        except OSError:
+            self.set_metadata(temp, os.stat(like_fd), xattrs_from=(like_fd, None))
+            finish(temp)
+        except BaseException:
             self.work.discard(temp)
             raise
-        self._became_upper(node, self._install_keeping_times(parent, temp, node.name))
+        return temp
 
     async def ensure_upper(self, node: Node, with_data: bool = True) -> None:
         """Copy `node` up unless it is in the upper layer already. Without data (for an

@@ -356,9 +356,12 @@ class Namespace:
         new_fd = self.tree.dir_fd(new_parent, UPPER)
         if target is not None and target.is_dir and UPPER in target.layers:
             # The target's upper dir may hold whiteouts, which rename(2) would call entries:
-            # swap in an empty stand-in first. The view does not change, so a crash here
-            # leaves the state before the rename.
-            temp = self._empty_stand_in(target)
+            # swap in an empty stand-in first, as the kernel's ovl_clear_empty does. With the
+            # target's owner, mode, times and xattrs, and opaque so that nothing below shows
+            # through it, the view does not change: a crash here leaves the state before.
+            temp = self.copy_up.stage_directory(
+                self.tree.dir_fd(target, UPPER),
+                lambda temp: set_opaque(self.work.fd, temp, self.prefix))
             renameat2(self.work.fd, temp, new_fd, new_name, RENAME_EXCHANGE)
             self._forget_dir(target)
             self._delete_in_work(temp)
@@ -385,21 +388,6 @@ class Namespace:
                 self._forget_dir(target)
             table.remove_link(target, new_parent, new_name)
         table.move_link(source, (old_parent, old_name), (new_parent, new_name))
-
-    def _empty_stand_in(self, target: Node) -> bytes:
-        """An empty dir in the work dir that looks like the empty merged dir `target`: its
-        upper dir's owner, mode, times and xattrs, and opaque, so that nothing below shows
-        through it (the kernel's ovl_clear_empty makes the same)."""
-        upper_fd = self.tree.dir_fd(target, UPPER)
-        temp = self.work.temp_name()
-        os.mkdir(temp, 0o700, dir_fd=self.work.fd)
-        try:
-            set_opaque(self.work.fd, temp, self.prefix)
-            self.copy_up.set_metadata(temp, os.stat(upper_fd), xattrs_from=(upper_fd, None))
-        except BaseException:
-            self.work.discard(temp)
-            raise
-        return temp
 
     def _set_opaque(self, node: Node) -> None:
         state = self.tree.upper_state(node)
