@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .errors import MountError
 from .options import MountOptions
-from .syscalls import open_tree_clone
+from .syscalls import open_readable_dir, open_tree_clone
 
 DIR_OPEN_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 WORK_SUBDIR = "work"   # staging area inside the workdir, the name kernel overlayfs uses too
@@ -226,7 +226,7 @@ def _prepare_workdir(workdir_fd: int) -> int:
 
 def empty_directory(dir_fd: int) -> None:
     """Remove everything inside a directory without following symlinks."""
-    readable = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    readable = open_readable_dir(dir_fd)
     try:
         with os.scandir(readable) as entries:     # scans a dup: ours is closed below
             names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]

@@ -31,10 +31,10 @@ def read_listing(dir_fd: int, lower: bool) -> Listing:
     dirs: set[bytes] = set()
     whiteouts: set[bytes] = set()
     oci_markers: set[bytes] = set()
-    xattr_whiteouts: set[bytes] = set()
+    xwhiteouts: set[bytes] = set()
     marker = opaque_marker(dir_fd)
     opaque = marker == OPAQUE
-    xwhiteouts = lower and marker == HOLDS_XWHITEOUTS
+    holds_xwhiteouts = lower and marker == HOLDS_XWHITEOUTS
     fd = open_noatime(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd)
     try:
         with os.scandir(fd) as scan:
@@ -50,10 +50,10 @@ def read_listing(dir_fd: int, lower: bool) -> Listing:
                 if entry.is_dir(follow_symlinks=False):
                     dirs.add(name)
                 elif entry.is_file(follow_symlinks=False):
-                    if xwhiteouts and is_xwhiteout(dir_fd, name, entry.stat(
+                    if holds_xwhiteouts and is_xwhiteout(dir_fd, name, entry.stat(
                             follow_symlinks=False)):
                         whiteouts.add(name)
-                        xattr_whiteouts.add(name)
+                        xwhiteouts.add(name)
                         continue
                 elif not entry.is_symlink() and is_whiteout(entry.stat(follow_symlinks=False)):
                     whiteouts.add(name)
@@ -64,7 +64,7 @@ def read_listing(dir_fd: int, lower: bool) -> Listing:
     # A `.wh.NAME` beside a real NAME in the same layer: the real entry wins.
     whiteouts.difference_update(entries)
     return Listing(entries, frozenset(dirs), frozenset(whiteouts), opaque, frozenset(oci_markers),
-                   frozenset(xattr_whiteouts))
+                   frozenset(xwhiteouts))
 
 
 class ListingCache:

@@ -22,7 +22,7 @@ from .copyup import CopyUp
 from .idmap import IdMap
 from .inodes import Node
 from .namespace import Caller, Namespace
-from .syscalls import open_noatime
+from .syscalls import open_noatime, open_readable_dir
 from .tree import UPPER, Tree
 from .whiteout import proc_path
 from .xattrs import XattrNames, get_attr, list_attrs, remove_attr, set_attr
@@ -276,8 +276,7 @@ class Operations(pyfuse3.Operations):
         node, _ = self._dirs[fh]
         if self.tree.stack.volatile or not self.tree.writable or UPPER not in node.layers:
             return      # nothing of it was written by us
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-                     dir_fd=self.tree.dir_fd(node, UPPER))
+        fd = open_readable_dir(self.tree.dir_fd(node, UPPER))
         try:
             os.fsync(fd)
         finally:

@@ -16,9 +16,10 @@ import os
 import stat
 import struct
 import sys
+from collections import Counter
 
-from .layers import Stack
-from .syscalls import filesystem_uuid, name_to_handle_at, open_by_handle_at
+from .layers import TRUSTED_PREFIX, Stack
+from .syscalls import filesystem_uuid, name_to_handle_at, open_by_handle_at, open_readable_dir
 from .whiteout import proc_path
 
 HEADER = struct.Struct("<BBBBB16s")     # version, magic, len, flags, type, uuid
@@ -28,7 +29,7 @@ FLAG_BIG_ENDIAN = 1 << 0
 FLAG_ANY_ENDIAN = 1 << 1
 FLAG_PATH_UPPER = 1 << 2
 FLAGS_CPU_ENDIAN = FLAG_BIG_ENDIAN if sys.byteorder == "big" else 0
-TRUSTED_ORIGIN = b"trusted.overlay.origin"
+TRUSTED_ORIGIN = TRUSTED_PREFIX + b"origin"
 
 
 def encode(handle_type: int, handle: bytes, uuid: bytes) -> bytes:
@@ -55,33 +56,31 @@ class Origins:
     """Writes the origin of each copy-up and follows it back to the lower inode number."""
 
     def __init__(self, stack: Stack) -> None:
-        self.enabled = stack.upper is not None and stack.xattr_prefix == b"trusted.overlay."
-        self.follow = self.enabled and os.geteuid() == 0
         self._uuids: dict[int, bytes] = {}             # st_dev of a lower layer -> its UUID
         self._decode_fds: dict[bytes, int] = {}        # UUID -> a readable lower dir fd
-        if not self.enabled:
-            return
-        owners: dict[bytes, set[int]] = {}
+        if stack.upper is None or stack.xattr_prefix != TRUSTED_PREFIX:
+            return      # origins live in trusted xattrs: only a writable mount as root
+        layer_of: dict[int, int] = {}
         for layer in stack.layers[1:]:
-            try:
-                uuid = filesystem_uuid(layer.fd)
-            except OSError:
+            if layer.dev in layer_of:
                 continue
-            self._uuids[layer.dev] = uuid
-            owners.setdefault(uuid, set()).add(layer.dev)
-            if self.follow and uuid not in self._decode_fds:
-                # open_by_handle_at wants an fd that is not O_PATH to name the filesystem.
-                self._decode_fds[uuid] = os.open(
-                    ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=layer.fd)
-        for uuid, devs in owners.items():
-            if len(devs) > 1:
-                # Lower filesystems that share a UUID: a handle cannot say which one it
-                # came from, so the kernel records no origin for them, nor do we.
-                for dev in devs:
-                    del self._uuids[dev]
-                fd = self._decode_fds.pop(uuid, None)
-                if fd is not None:
-                    os.close(fd)
+            layer_of[layer.dev] = layer.fd
+            try:
+                self._uuids[layer.dev] = filesystem_uuid(layer.fd)
+            except OSError:
+                continue    # no origins for this filesystem; copy-ups go on without
+        # Lower filesystems that share a UUID: a handle cannot say which one it came from,
+        # so the kernel records no origin for them, nor do we.
+        owners = Counter(self._uuids.values())
+        self._uuids = {dev: uuid for dev, uuid in self._uuids.items() if owners[uuid] == 1}
+        if os.geteuid() == 0:   # open_by_handle_at needs CAP_DAC_READ_SEARCH
+            self._decode_fds = {uuid: open_readable_dir(layer_of[dev])
+                                for dev, uuid in self._uuids.items()}
+
+    @property
+    def followed(self) -> bool:
+        """Whether origins are read back at all on this mount."""
+        return bool(self._decode_fds)
 
     def record(self, lower: tuple[int, bytes | None], lower_dev: int,
                copy: tuple[int, bytes | None]) -> None:
@@ -105,8 +104,6 @@ class Origins:
         """(st_dev, st_ino) of the lower object the upper non-directory `name` was copied
         from, where the kernel would number it after that object: the origin still exists,
         has the same type, and is not a hard link (whose links copy-up may have split)."""
-        if not self.follow:
-            return None
         path, follow = proc_path(upper_dir_fd, name)
         try:
             value = os.getxattr(path, TRUSTED_ORIGIN, follow_symlinks=follow)

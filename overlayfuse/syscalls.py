@@ -47,6 +47,12 @@ def utimensat_omit_both(path: bytes) -> None:
         raise OSError(err, os.strerror(err), path)
 
 
+def open_readable_dir(path_fd: int) -> int:
+    """A readable fd on the directory behind an O_PATH fd, for the calls that refuse O_PATH
+    fds (getdents, fsync, ioctl, open_by_handle_at's mount fd)."""
+    return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=path_fd)
+
+
 def open_noatime(name: bytes | str, flags: int, dir_fd: int) -> int:
     """Open for reading without touching the atime, as kernel overlayfs opens real files;
     without O_NOATIME where we may not use it (a file another user owns, as non-root)."""
@@ -128,7 +134,7 @@ def filesystem_uuid(dir_fd: int) -> bytes:
     """The superblock's UUID (s_uuid) of the filesystem holding the directory `dir_fd`;
     all zeros for a filesystem that has none, as the kernel keeps it."""
     buf = bytearray(17)
-    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    fd = open_readable_dir(dir_fd)
     try:
         fcntl.ioctl(fd, FS_IOC_GETFSUUID, buf)
     except OSError as e:

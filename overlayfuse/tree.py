@@ -14,6 +14,7 @@ import stat
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
+from itertools import chain
 from dataclasses import dataclass
 
 from .inodes import ROOT_INO, Node, NodeTable, UpperDirState
@@ -151,9 +152,7 @@ class Tree:
         hidden: set[bytes] = set()
         for layer in node.layers:
             listing = self.layer_listing(node, layer)
-            if any(name not in hidden for name in listing.entries):
-                return False
-            if any(name not in hidden for name in listing.xwhiteouts):
+            if any(name not in hidden for name in chain(listing.entries, listing.xwhiteouts)):
                 return False
             hidden.update(listing.whiteouts)
         return True
@@ -277,8 +276,8 @@ class Tree:
         source = 1 if found.is_dir and len(found.layers) > 1 and found.layers[0] == UPPER \
             and self.writable else 0
         dev, real_ino = self.stack.layers[found.layers[source]].dev, found.real_inos[source]
-        if not (made_here or found.is_dir) and found.layers[0] == UPPER and self.writable \
-                and (dev, real_ino) not in self.table.origin_ino:
+        if self.origins.followed and not (made_here or found.is_dir) \
+                and found.layers[0] == UPPER and (dev, real_ino) not in self.table.origin_ino:
             # Copied up before this mount: numbered after its lower origin, as the kernel does.
             origin = self.origins.lower_inode(self.dir_fd(parent, UPPER), name, found.st)
             if origin is not None:
