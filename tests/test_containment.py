@@ -27,31 +27,25 @@ from overlayfuse import mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
-NOFOLLOW_WRITE = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW
+def _on_fd(path: Path, flags: int, action: Callable[[int], object]) -> None:
+    """Open `path` without following a final symlink, act on the fd, close it."""
+    fd = os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    try:
+        action(fd)
+    finally:
+        os.close(fd)
 
 
 def append(path: Path, data: bytes) -> None:
-    fd = os.open(path, NOFOLLOW_WRITE)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    _on_fd(path, os.O_WRONLY | os.O_APPEND, lambda fd: os.write(fd, data))
 
 
 def create(path: Path, data: bytes = b"new") -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    _on_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, lambda fd: os.write(fd, data))
 
 
 def truncate(path: Path, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
-    try:
-        os.ftruncate(fd, size)
-    finally:
-        os.close(fd)
+    _on_fd(path, os.O_WRONLY, lambda fd: os.ftruncate(fd, size))
 
 
 @pytest.fixture
