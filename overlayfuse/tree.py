@@ -21,7 +21,8 @@ from .inodes import ROOT_INO, Node, NodeTable, UpperDirState
 from .layers import Stack
 from .listing import Listing, ListingCache, read_listing
 from .origin import Origins
-from .whiteout import OCI_OPAQUE_MARKER, has_opaque_xattr, is_whiteout, oci_target
+from .whiteout import (OCI_OPAQUE_MARKER, has_opaque_xattr, is_reserved_name, is_whiteout,
+                       oci_target)
 
 DIR_FD_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NAME_MAX = 255
@@ -166,6 +167,8 @@ class Tree:
         the stat of a name it does not hold."""
         if len(name) > NAME_MAX:
             raise OSError(errno.ENAMETOOLONG, "name too long")
+        if is_reserved_name(name):
+            return None         # a marker's own name, in any layer
         layers: list[int] = []
         inos: list[int] = []
         top_st: os.stat_result | None = None
