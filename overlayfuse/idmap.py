@@ -32,11 +32,14 @@ class IdMap:
                 return m.view + disk_id - m.disk
         return OVERFLOW_ID
 
-    def to_disk(self, view_id: int, missing_errno: int = errno.EINVAL) -> int:
-        """The id stored on disk for an id given through the mount."""
+    def to_disk(self, view_id: int, unmapped: int | None = None) -> int:
+        """The id stored on disk for an id given through the mount. An id with no mapping is
+        stored as `unmapped`, or refused (EINVAL) without one."""
         if not self.mappings:
             return view_id
         for m in self.mappings:
             if m.view <= view_id < m.view + m.size:
                 return m.disk + view_id - m.view
-        raise OSError(missing_errno, f"id {view_id} has no mapping")
+        if unmapped is not None:
+            return unmapped
+        raise OSError(errno.EINVAL, f"id {view_id} has no mapping")
