@@ -8,6 +8,7 @@ recipe step by step."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import os
 import pwd
@@ -53,7 +54,7 @@ CHECK = ("cd / && find data lower big etc/passwd tmp 2>/dev/null | sort | while 
          "&& md5sum \"$p\"; [ -L \"$p\" ] && readlink \"$p\"; done; true")
 # containers-storage computes a layer with its naive diff whenever a mount program is set, which
 # commits a hard link as two files (fuse-overlayfs alike); native overlay keeps it one inode.
-HARD_LINKS = "stat -c '%h' /data/c /data/c.link"
+HARD_LINKS = "stat -c '%h' /data/c /data/c.link /data/sub2/y /data/y.link"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root to make a user with subordinate ids")
@@ -229,7 +230,10 @@ def _changes(diff: str) -> str:
                              and any(p.startswith(line[2:] + "/") for p in paths)))
 
 
-def _mounts_of(pid: int | None, fstype: str) -> list[str]:
+def _storage_mounts(user: User) -> list[str]:
+    """The mounts under the user's storage that podman's namespace (held by its pause process)
+    still has. Mounts from elsewhere were copied in when it started and are not podman's."""
+    pid = user.pause_pid()
     if pid is None:
         return []
     try:
@@ -237,7 +241,7 @@ def _mounts_of(pid: int | None, fstype: str) -> list[str]:
             lines = mountinfo.read().splitlines()
     except OSError:
         return []
-    return [line for line in lines if line.split(" - ", 1)[-1].startswith(fstype)]
+    return [line for line in lines if line.split()[4].startswith(str(user.home) + "/")]
 
 
 def _scenario(user: User) -> dict[str, object]:
@@ -252,7 +256,8 @@ def _scenario(user: User) -> dict[str, object]:
     seen["build"] = podman("run", "--rm", "localhost/built", "sh", "-c", CHECK)
     podman("run", "--name", "changed", "localhost/built", "sh", "-c",
            "echo x > /data/newfile && rm /data/b2 && echo more >> /lower/new && rm -r "
-           "/data/dir2 && mkdir /data/dir2 && chmod 700 /data/sub2 && ln -s x /tmp/sym")
+           "/data/dir2 && mkdir /data/dir2 && chmod 700 /data/sub2 && ln -s x /tmp/sym && "
+           "ln /data/sub2/y /data/y.link")
     seen["diff"] = _changes(podman("diff", "changed"))
     podman("commit", "changed", "localhost/committed")
     seen["commit"] = podman("run", "--rm", "localhost/committed", "sh", "-c", CHECK)
@@ -280,23 +285,51 @@ def _scenario(user: User) -> dict[str, object]:
                           "mkdir /many && for i in $(seq 2000); do echo $i > /many/f$i; done "
                           "&& ls /many | wc -l && cat /many/f1999 && rm /many/f1* && "
                           "ls /many | wc -l && rm -r /many && ls / | tr '\\n' ' '")
-    seen["hard-links"] = podman("run", "--rm", "localhost/built", "sh", "-c", HARD_LINKS)
+    seen["hard-links"] = podman("run", "--rm", "localhost/committed", "sh", "-c", HARD_LINKS)
     podman("rm", "-a", "-f")
-    seen["mounts-left"] = _mounts_of(user.pause_pid(), "fuse") + _mounts_of(user.pause_pid(),
-                                                                            "overlay")
+    seen["mounts-left"] = _storage_mounts(user)
     seen["daemons-left"] = [cmd for _, cmd in user.processes() if "overlayfuse" in cmd]
     podman("rmi", "-a", "-f")
     return seen
 
 
-def test_rootless_podman_with_overlayfuse_matches_native_overlay(user: User) -> None:
-    results = {}
+@pytest.fixture(scope="module")
+def results(user: User) -> dict[str, dict[str, object]]:
+    """The scenario with podman's native rootless overlay, then with overlayfuse."""
+    seen = {}
     for name, program in (("native", None), ("overlayfuse", MOUNT_PROGRAM)):
         user.stop_podman()
         user.configure(program)
-        results[name] = _scenario(user)
+        seen[name] = _scenario(user)
         user.stop_podman()
-        assert user.processes() == [], f"{name}: processes left after podman system reset"
+        seen[name]["processes-after-reset"] = user.processes()
+    return seen
+
+
+# What podman itself does differently whenever a mount program is set, fuse-overlayfs 1.10
+# alike: its naive diff compares two mounted trees instead of reading the upper dir. So
+# `podman diff` shows a new hard link to a file as a change of its dir, and a dir removed and
+# made again as the removal of what it held; and a commit stores a new hard link to a file of a
+# lower layer (/data/y.link to /data/sub2/y) as a copy.
+NAIVE_DIFF = {"C /data/sub2/y": "C /data/sub2", "D /data/dir2": "D /data/dir2/deep"}
+NAIVE_HARD_LINKS = ["1", "1"]     # the link counts of /data/sub2/y and /data/y.link
+# Lower hard links (/data/c and /data/c.link, two names of one inode in an image layer) show
+# distinct st_ino through a writable overlayfuse mount: pyfuse3 makes the FUSE node id the
+# inode number. tar and podman's commit then store the second name as a copy. The issue "Lift
+# pyfuse3's limits" removes this.
+LOWER_HARD_LINK_KEYS = ("export", "cp-in-tree", "hard-links")
+
+
+def _expected(native: dict[str, object]) -> dict[str, object]:
+    """What overlayfuse must show: native overlay's results, through podman's naive diff."""
+    hard_links = native["hard-links"].split()[:2] + NAIVE_HARD_LINKS     # type: ignore[union-attr]
+    return dict(native, diff="\n".join(sorted(NAIVE_DIFF.get(line, line) for line in
+                                              native["diff"].splitlines())),  # type: ignore[union-attr]
+                **{"hard-links": "\n".join(hard_links) + "\n"})
+
+
+def test_rootless_podman_with_overlayfuse_matches_native_overlay(
+        results: dict[str, dict[str, object]], user: User) -> None:
     ours, native = results["overlayfuse"], results["native"]
     # The scenario did what it meant to (checked on both, so neither can pass by failing).
     for seen in (ours, native):
@@ -311,11 +344,36 @@ def test_rootless_podman_with_overlayfuse_matches_native_overlay(user: User) -> 
         assert seen["keep-id"].split()[:2] == [str(user.uid), str(user.uid)]
         assert seen["many"].split()[:3] == ["2000", "1999", "889"]
         assert seen["mounts-left"] == [] and seen["daemons-left"] == []
+        assert seen["processes-after-reset"] == []
     assert ours["build"].count("\n") > 20
     assert "/etc/passwd 0:0" in ours["keep-id"] and "/etc/passwd 0:0" in ours["uidmap"]
-    # The one difference podman makes with every mount program: a hard link committed by the
-    # naive diff is two files.
-    assert native["hard-links"].split() == ["2", "2"]
-    assert ours["hard-links"].split() == ["1", "1"]
-    differing = {key for key in native if key != "hard-links" and ours[key] != native[key]}
-    assert not differing, {key: (native[key], ours[key]) for key in differing}
+    assert native["hard-links"].split() == ["2", "2", "2", "2"]
+    expected = _expected(native)
+    differing = {key: _difference(expected[key], ours[key]) for key in expected
+                 if key not in LOWER_HARD_LINK_KEYS and ours[key] != expected[key]}
+    assert not differing, differing
+    for key in LOWER_HARD_LINK_KEYS:     # apart from the lower hard link, the same
+        assert _without_lower_link(ours[key]) == _without_lower_link(expected[key]), key
+
+
+@pytest.mark.xfail(strict=True, reason="lower hard links get distinct st_ino on a writable "
+                                       "mount (pyfuse3 ties the node id to st_ino)")
+def test_rootless_podman_keeps_lower_hard_links(results: dict[str, dict[str, object]]) -> None:
+    ours, expected = results["overlayfuse"], _expected(results["native"])
+    assert [ours[key] for key in LOWER_HARD_LINK_KEYS] == \
+        [expected[key] for key in LOWER_HARD_LINK_KEYS]
+
+
+def _without_lower_link(seen: object) -> object:
+    """`seen` less what tells whether /data/c.link is still a hard link of /data/c."""
+    if isinstance(seen, str):
+        return seen.split()[2:]     # the link counts of /data/c and /data/c.link come first
+    return [m for m in seen if m[0] != "data/c.link"]
+
+
+def _difference(native: object, ours: object) -> list[str]:
+    """What only native overlay showed (-) and what only overlayfuse showed (+)."""
+    def lines(seen: object) -> list[str]:
+        return seen.splitlines() if isinstance(seen, str) else [repr(item) for item in seen]
+    return [line for line in difflib.unified_diff(lines(native), lines(ours), n=0, lineterm="")
+            if not line.startswith(("---", "+++", "@@"))]
