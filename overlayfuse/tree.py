@@ -90,6 +90,12 @@ class Tree:
         if fd is not None:
             os.close(fd)
 
+    def close(self) -> None:
+        """Close every fd the tree holds (the stack's own are the stack's)."""
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+        self.origins.close()
+
     def _on_drop(self, node: Node) -> None:
         if node.is_dir:
             for layer in node.layers:
