@@ -42,7 +42,7 @@ def test_mapped_mount(make_stack, mount_ofs) -> None:
     stack = make_stack([{"mine": "file:m", "roots": "file:r", "d/x": "file:x"}])
     lower = stack["lowers"][0]
     os.chown(lower / "mine", 1005, 1006)
-    with mount_ofs(stack, extra=("-o", "uidmapping=0:1000:100,gidmapping=0:1000:100")):
+    with mount_ofs(stack, uid_mapping=[(0, 1000, 100)], gid_mapping=[(0, 1000, 100)]):
         merged = stack["merged"]
         st = os.stat(merged / "mine")
         assert (st.st_uid, st.st_gid) == (5, 6)
@@ -62,7 +62,7 @@ def test_mapped_mount(make_stack, mount_ofs) -> None:
 
 def test_squash_to_uid(make_stack, mount_ofs) -> None:
     stack = make_stack([{"f": "file:f"}])
-    with mount_ofs(stack, extra=("-o", "squash_to_uid=1234,squash_to_gid=99")):
+    with mount_ofs(stack, options=("squash_to_uid=1234", "squash_to_gid=99")):
         st = os.stat(stack["merged"] / "f")
         assert (st.st_uid, st.st_gid) == (1234, 99)
         (stack["merged"] / "g").write_text("g")
