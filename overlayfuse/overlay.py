@@ -8,6 +8,7 @@ here: the FUSE runtime lives in the child.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -17,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, ClassVar
+from typing import IO, ClassVar, Self
 
 from .mounts import MOUNT_WAIT, is_mounted, overlayfuse_command, unmount
 
@@ -72,24 +73,25 @@ class BaseOverlay:
 
     @property
     def merged(self) -> Path:
-        """The mount point: the merged view while mounted."""
-        if self._given_merged is not None:
-            return self._given_merged
-        if self._made_merged is None:
+        """The mount point: the merged view while mounted. One that was made for the mount
+        no longer exists after it."""
+        merged = self._given_merged or self._made_merged
+        if merged is None:
             raise RuntimeError("the overlay has no mount point until it is mounted")
-        return self._made_merged
+        return merged
 
     @property
     def mounted(self) -> bool:
         return self._mounted
 
-    def mount(self) -> BaseOverlay:
+    def mount(self) -> Self:
         """Mount, and return once the merged view is live. Raises `OverlayError` with the
         mounter's message if the mount is refused."""
         if self._mounted:
             raise RuntimeError(f"{self.kind} is already mounted on {self.merged}")
         if self._given_merged is None:
-            self._made_merged = Path(tempfile.mkdtemp(prefix=f"{type(self).__name__.lower()}-merged-"))
+            prefix = f"{type(self).__name__.lower()}-merged-"
+            self._made_merged = Path(tempfile.mkdtemp(prefix=prefix))
         try:
             self._mount()
         except BaseException:
@@ -109,7 +111,7 @@ class BaseOverlay:
             self._mounted = False
             self._remove_made_merged()
 
-    def __enter__(self) -> BaseOverlay:
+    def __enter__(self) -> Self:
         return self.mount()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -137,9 +139,10 @@ class BaseOverlay:
         return self.lowers
 
     def _remove_made_merged(self) -> None:
-        if self._made_merged is not None and not is_mounted(self._made_merged):
-            shutil.rmtree(self._made_merged, ignore_errors=True)
-            self._made_merged = None
+        # rmdir, never a recursive delete: if the unmount failed, this is still the view.
+        if self._made_merged is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._made_merged)
 
     def _mount(self) -> None:
         raise NotImplementedError
@@ -220,6 +223,10 @@ class Overlay(BaseOverlay):
                                             start_new_session=True)
             self._wait_live()
         except BaseException:
+            # Refused, too slow, or interrupted (Ctrl-C): a daemon not yet serving dies of
+            # SIGTERM, one that is serving unmounts and exits.
+            if self.process is not None and self.process.poll() is None:
+                self.process.terminate()
             self._stop()
             raise
 
@@ -246,6 +253,7 @@ class Overlay(BaseOverlay):
         self._stop()
 
     def _stop(self) -> None:
+        """Unmount, then reap the daemon (killed if it has not exited in time)."""
         try:
             if self.process is not None:
                 unmount(self.merged)
@@ -254,7 +262,7 @@ class Overlay(BaseOverlay):
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()
-                    unmount(self.merged)
+                unmount(self.merged)
         finally:
             if self._stderr is not None:
                 self._stderr.close()
@@ -305,8 +313,8 @@ class KernelOverlay(BaseOverlay):
 
     def command(self) -> list[str]:
         """The mount(8) command line that mounts this overlay."""
-        return ["mount", "-t", "overlay", "overlay", "-o",
-                ",".join(_escape_commas(o) for o in self._option_list()), str(self.merged)]
+        return ["mount", "-t", "overlay", "overlay", "-o", ",".join(self._option_list()),
+                str(self.merged)]
 
     def _lowerdirs(self) -> tuple[Path, ...]:
         # The kernel wants two lower dirs for a mount without an upper dir; an empty one

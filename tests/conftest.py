@@ -11,6 +11,8 @@ import pytest
 from layerspec import build_stack
 from overlayfuse import KernelOverlay, Overlay, mounts
 
+pytest_plugins = ["pytester"]
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
