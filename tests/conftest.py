@@ -53,7 +53,8 @@ def mount_kernel(kernel_available: None) -> Callable[..., KernelOverlay]:
 
 @pytest.fixture
 def both(make_stack: Callable[..., dict], mount_ofs: Callable[..., Overlay],
-         mount_kernel: Callable[..., KernelOverlay]) -> Callable[..., contextlib.AbstractContextManager]:
+         mount_kernel: Callable[..., KernelOverlay]
+         ) -> Callable[..., contextlib.AbstractContextManager]:
     """both(lowers, upper=None, read_only=False) builds the same stack twice and mounts kernel
     overlayfs on one and overlayfuse on the other; yields (kernel_stack, ofs_stack)."""
     @contextlib.contextmanager
