@@ -309,7 +309,8 @@ class KernelOverlay(BaseOverlay):
                 with probe:
                     return None
             except OverlayError as e:
-                return f"kernel overlayfs cannot be mounted here: {e.message}"
+                # mount(8)'s first line says why; the second only points at dmesg.
+                return f"kernel overlayfs cannot be mounted here: {e.message.splitlines()[0]}"
 
     def command(self) -> list[str]:
         """The mount(8) command line that mounts this overlay."""
