@@ -241,6 +241,8 @@ class CopyUp:
         work = self.work.fd
         try:
             if stat.S_ISREG(st.st_mode):
+                # src_dir is not used past this await: other requests may close its number
+                # and reuse it meanwhile.
                 await self._stage_regular_file(src_dir, node.name, temp, st, with_data)
             else:
                 if stat.S_ISLNK(st.st_mode):
@@ -248,7 +250,7 @@ class CopyUp:
                 else:
                     os.mknod(temp, st.st_mode, st.st_rdev, dir_fd=work)
                 self.set_metadata(temp, st, xattrs_from=(src_dir, node.name))
-            self.tree.origins.record((src_dir, node.name), st.st_dev, (work, temp))
+                self.tree.origins.record((src_dir, node.name), st.st_dev, (work, temp))
         except BaseException:
             self.work.discard(temp)
             raise
@@ -262,6 +264,8 @@ class CopyUp:
 
     async def _stage_regular_file(self, src_dir: int, name: bytes, temp: bytes,
                                   st: os.stat_result, with_data: bool) -> None:
+        """Stage a copy of `name` and record its origin, through fds of its own: `src_dir`
+        is only used before the first await."""
         src = open_noatime(name, os.O_RDONLY | os.O_NOFOLLOW, src_dir)
         try:
             dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
@@ -269,6 +273,7 @@ class CopyUp:
             try:
                 await trio.to_thread.run_sync(_stage_regular, src, dst, st, self.names,
                                               not self.tree.stack.volatile, with_data)
+                self.tree.origins.record((src, None), st.st_dev, (dst, None))
             finally:
                 os.close(dst)
         finally:

@@ -19,7 +19,7 @@ import pyfuse3
 import trio
 
 from .copyup import CopyUp
-from .idmap import IdMap
+from .idmap import OVERFLOW_ID, IdMap
 from .inodes import Node
 from .namespace import Caller, Namespace
 from .syscalls import open_noatime, open_readable_dir
@@ -113,10 +113,11 @@ class Operations(pyfuse3.Operations):
             pass    # the kernel does not hold this inode (ENOENT): nothing is cached
 
     def _caller(self, ctx: pyfuse3.RequestContext) -> Caller:
-        """Who asks, in on-disk ids (a caller with no mapping cannot create: EOVERFLOW, as
-        the kernel answers for an fsuid it cannot map)."""
-        return Caller(self.uids.to_disk(ctx.uid, errno.EOVERFLOW),
-                      self.gids.to_disk(ctx.gid, errno.EOVERFLOW))
+        """Who asks, in on-disk ids. What a caller with no mapping creates is stored as owned
+        by the overflow id, as fuse-overlayfs does: podman creates files through the mount as
+        an unmapped id (its own root) and chowns them afterwards."""
+        return Caller(self.uids.to_disk(ctx.uid, OVERFLOW_ID),
+                      self.gids.to_disk(ctx.gid, OVERFLOW_ID))
 
     def _node(self, ino: int) -> Node:
         return self.tree.table.get(ino)

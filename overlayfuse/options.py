@@ -35,10 +35,11 @@ SILENT_OPTIONS = frozenset({"defaults", "nofail", "_netdev", "user", "users", "n
 
 @dataclass(frozen=True)
 class IdMapping:
-    """One `container:host:size` range of uidmapping=/gidmapping=."""
+    """One `disk:view:size` range of uidmapping=/gidmapping=, in fuse-overlayfs's order: ids
+    disk..disk+size-1 stored in the layers show through the mount as view..view+size-1."""
 
-    container: int
-    host: int
+    disk: int
+    view: int
     size: int
 
 
@@ -120,7 +121,7 @@ def parse_layer_list(text: str) -> tuple[str, ...]:
 def parse_id_mappings(name: str, text: str) -> tuple[IdMapping, ...]:
     fields = [f for f in text.split(":") if f != ""]
     if not fields or len(fields) % 3:
-        raise UsageError(f"{name}: expected container:host:size triples, got '{text}'")
+        raise UsageError(f"{name}: expected disk-id:shown-id:size triples, got '{text}'")
     try:
         numbers = [int(f) for f in fields]
     except ValueError:

@@ -77,6 +77,10 @@ class Origins:
             self._decode_fds = {uuid: open_readable_dir(layer_of[dev])
                                 for dev, uuid in self._uuids.items()}
 
+    def close(self) -> None:
+        while self._decode_fds:
+            os.close(self._decode_fds.popitem()[1])
+
     @property
     def followed(self) -> bool:
         """Whether origins are read back at all on this mount."""

@@ -24,7 +24,8 @@ from .mounts import MOUNT_WAIT, is_mounted, overlayfuse_command, unmount
 
 StrPath = str | os.PathLike[str]
 IdRange = tuple[int, int, int]
-"""One id-mapping range: (id inside the mount, id stored on disk, number of ids)."""
+"""One id-mapping range, as in `-o uidmapping=`: (first id stored in the layers, the id it
+shows as through the mount, number of ids)."""
 
 STOP_WAIT = 10.0
 
@@ -171,7 +172,7 @@ class Overlay(BaseOverlay):
                  mount_wait: float = MOUNT_WAIT, program: Sequence[str] | None = None) -> None:
         """As `BaseOverlay`, and: `timeout`: how long the kernel caches entries and
         attributes (seconds; overlayfuse's default when None). `uid_mapping`,
-        `gid_mapping`: (container, host, size) ranges, as podman passes them. `log_file`:
+        `gid_mapping`: (stored, shown, size) ranges, as podman passes them. `log_file`:
         where the daemon logs (by default its log is kept in memory and dropped). `debug`:
         log every request. `mount_wait`: seconds to wait for the mount to come up.
         `program`: the command that runs overlayfuse, taking its command-line arguments

@@ -21,7 +21,8 @@ from .inodes import ROOT_INO, Node, NodeTable, UpperDirState
 from .layers import Stack
 from .listing import Listing, ListingCache, read_listing
 from .origin import Origins
-from .whiteout import OCI_OPAQUE_MARKER, has_opaque_xattr, is_whiteout, oci_target
+from .whiteout import (OCI_OPAQUE_MARKER, has_opaque_xattr, is_reserved_name, is_whiteout,
+                       oci_target)
 
 DIR_FD_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NAME_MAX = 255
@@ -88,6 +89,12 @@ class Tree:
         fd = self._fds.pop((node, layer), None)
         if fd is not None:
             os.close(fd)
+
+    def close(self) -> None:
+        """Close every fd the tree holds (the stack's own are the stack's)."""
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+        self.origins.close()
 
     def _on_drop(self, node: Node) -> None:
         if node.is_dir:
@@ -166,6 +173,8 @@ class Tree:
         the stat of a name it does not hold."""
         if len(name) > NAME_MAX:
             raise OSError(errno.ENAMETOOLONG, "name too long")
+        if is_reserved_name(name):
+            return None         # a marker's own name, in any layer
         layers: list[int] = []
         inos: list[int] = []
         top_st: os.stat_result | None = None

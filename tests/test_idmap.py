@@ -1,5 +1,6 @@
-"""uidmapping=/gidmapping= and squash_to_*: ids stored on disk ("host") against the ids
-shown and accepted through the mount ("container"), as fuse-overlayfs defines them."""
+"""uidmapping=/gidmapping= and squash_to_*: in each disk:view:size triple, ids stored on disk
+from `disk` show through the mount from `view`, as fuse-overlayfs (and podman, which passes
+them) define them."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from overlayfuse.options import IdMapping, parse_args
 
 def test_mapping_both_ways() -> None:
     ids = IdMap((IdMapping(0, 1000, 100), IdMapping(100, 5000, 10)))
-    assert [ids.to_view(i) for i in (1000, 1099, 5000, 5009)] == [0, 99, 100, 109]
-    assert ids.to_view(999) == OVERFLOW_ID and ids.to_view(0) == OVERFLOW_ID
-    assert [ids.to_disk(i) for i in (0, 99, 100, 109)] == [1000, 1099, 5000, 5009]
+    assert [ids.to_view(i) for i in (0, 99, 100, 109)] == [1000, 1099, 5000, 5009]
+    assert ids.to_view(110) == OVERFLOW_ID and ids.to_view(1000) == OVERFLOW_ID
+    assert [ids.to_disk(i) for i in (1000, 1099, 5000, 5009)] == [0, 99, 100, 109]
     with pytest.raises(OSError) as caught:
-        ids.to_disk(110)
+        ids.to_disk(999)
     assert caught.value.errno == errno.EINVAL
 
 
@@ -39,25 +40,36 @@ def test_podman_keep_id_option_parses() -> None:
 
 
 def test_mapped_mount(make_stack, mount_ofs) -> None:
-    stack = make_stack([{"mine": "file:m", "roots": "file:r", "d/x": "file:x"}])
+    """The issue's own example: with 0:100000:65536 a file stored as 0 shows as 100000, and a
+    chown to 100033 through the mount stores 33."""
+    stack = make_stack([{"roots": "file:r", "mine": "file:m", "far": "file:f", "d/x": "file:x"}])
     lower = stack["lowers"][0]
-    os.chown(lower / "mine", 1005, 1006)
-    with mount_ofs(stack, uid_mapping=[(0, 1000, 100)], gid_mapping=[(0, 1000, 100)]):
+    os.chown(lower / "mine", 5, 6)
+    os.chown(lower / "far", 70000, 70000)
+    mapping = [(0, 100000, 65536)]
+    with mount_ofs(stack, uid_mapping=mapping, gid_mapping=mapping):
         merged = stack["merged"]
-        st = os.stat(merged / "mine")
-        assert (st.st_uid, st.st_gid) == (5, 6)
-        st = os.stat(merged / "roots")
-        assert (st.st_uid, st.st_gid) == (OVERFLOW_ID, OVERFLOW_ID)
-        (merged / "d/new").write_text("n")              # created by root: container id 0
-        st = os.stat(stack["upper"] / "d/new")
-        assert (st.st_uid, st.st_gid) == (1000, 1000)
-        assert os.stat(merged / "d/new").st_uid == 0
-        os.chown(merged / "mine", 7, 8)
-        assert os.stat(stack["upper"] / "mine").st_uid == 1007
-        assert os.stat(merged / "mine").st_gid == 8
+        assert _owner(merged / "roots") == (100000, 100000)
+        assert _owner(merged / "mine") == (100005, 100006)
+        assert _owner(merged / "far") == (OVERFLOW_ID, OVERFLOW_ID)
+        os.chown(merged / "mine", 100033, 100034)
+        assert _owner(stack["upper"] / "mine") == (33, 34)
+        assert _owner(merged / "mine") == (100033, 100034)
         with pytest.raises(OSError) as caught:
-            os.chown(merged / "mine", 500, -1)
+            os.chown(merged / "mine", 33, -1)       # shown id 33 has no mapping
         assert caught.value.errno == errno.EINVAL
+        # Root (shown id 0) has no mapping: what it creates is stored as the overflow id, as
+        # fuse-overlayfs does (podman creates /etc/mtab that way, then chowns it).
+        (merged / "d/new").write_text("n")
+        assert _owner(stack["upper"] / "d/new") == (OVERFLOW_ID, OVERFLOW_ID)
+        assert _owner(merged / "d/new") == (100000 + OVERFLOW_ID, 100000 + OVERFLOW_ID)
+        os.chown(merged / "d/new", 100000, 100000)
+        assert _owner(stack["upper"] / "d/new") == (0, 0)
+
+
+def _owner(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_uid, st.st_gid
 
 
 def test_squash_to_uid(make_stack, mount_ofs) -> None:

@@ -302,6 +302,38 @@ def test_oci_whiteout_beside_the_real_name_in_the_same_layer(ofs_only) -> None:
         assert errno_of(lambda: os.lstat(merged / "b")) == errno.ENOENT
 
 
+MARKERS = {   # form: (the layer that holds it, the marker's own path)
+    "oci-opaque": ({"op": "oci-opaque", "op/keep": "file:k"}, "op/.wh..wh..opq"),
+    "oci-whiteout": ({"gone": "oci-whiteout"}, ".wh.gone"),
+    "whiteout": ({"chr": "whiteout"}, "chr"),
+    "xwhiteout": ({"xw": "xwhiteouts-dir", "xw/x": "xwhiteout", "xw/keep": "file:k"}, "xw/x"),
+}
+
+
+@pytest.mark.parametrize("layer", ["upper", "top-lower", "bottom-lower"])
+@pytest.mark.parametrize("form", sorted(MARKERS))
+def test_no_marker_is_reachable_by_name(ofs_only, layer: str, form: str) -> None:
+    """Markers are hidden from lookup as from readdir, in every layer: a marker's own name
+    says ENOENT to every call, as a name that does not exist does."""
+    if form == "xwhiteout" and layer == "upper":
+        pytest.skip("an upper xattr whiteout is a file (docs/behaviour.md)")
+    marked, rel = MARKERS[form]
+    filler = {"other": "file:o"}
+    lowers, upper = {"upper": ([filler], marked),
+                     "top-lower": ([marked, filler], None),
+                     "bottom-lower": ([filler, marked], None)}[layer]
+    with ofs_only(lowers, upper) as merged:
+        path = merged / rel
+        calls = {"lstat": lambda: os.lstat(path), "stat": lambda: os.stat(path),
+                 "open": lambda: os.close(os.open(path, os.O_RDONLY)),
+                 "listxattr": lambda: os.listxattr(path, follow_symlinks=False),
+                 "readlink": lambda: os.readlink(path),
+                 "chmod": lambda: os.chmod(path, 0o644)}
+        for call, act in calls.items():
+            assert errno_of(act) == errno.ENOENT, (call, path)
+        assert not any(Path(r).name.startswith(".wh.") for r in snapshot(merged))
+
+
 OPAQUE_CASES = {
     "top-lower": ([{"d": "{o}", "d/new": "file:n"},
                    {"d/old": "file:o", "d/sub/x": "file:x"}], None),

@@ -1,0 +1,233 @@
+"""The core rules without a mount, on temporary directory trees: layer precedence, whiteouts
+and opaque dirs, merged listings, one layer's listing, the inode table and the data copy.
+The mounted tests check the same rules through the kernel against kernel overlayfs; these
+pin them down where a failure names the function at fault."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from overlayfuse.copyup import copy_file_data
+from overlayfuse.inodes import ROOT_INO, SYNTHETIC_BASE, Node, NodeTable
+from overlayfuse.listing import read_listing
+from overlayfuse.whiteout import is_reserved_name, is_whiteout, oci_target
+from layerspec import build_layer
+from unit_stack import core
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="whiteouts are chardevs and opaque marks trusted xattrs")
+
+
+# ---- resolution ----------------------------------------------------------------------------
+
+def _seen(ov, path: str) -> str | None:
+    """What a lookup of `path` finds: the file's text, "dir", or None for nothing."""
+    node = ov.tree.root
+    for name in path.split("/"):
+        found = ov.tree.lookup(node, name.encode())
+        if found is None:
+            return None
+        node, st = found
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    fd = os.open(node.name, os.O_RDONLY, dir_fd=ov.tree.parent_fd(node))
+    try:
+        return os.read(fd, 4096).decode()
+    finally:
+        os.close(fd)
+
+
+@needs_root
+@pytest.mark.parametrize("upper", [True, False], ids=["writable", "read-only"])
+def test_the_top_layer_wins_and_markers_hide_below(tmp_path: Path, upper: bool) -> None:
+    top = {"a": "file:top-a", "gone": "whiteout", "oci": "oci-whiteout", "opq": "opaque",
+           "opq/new": "file:n", "oopq": "oci-opaque", "merged/t": "file:t"}
+    bottom = {"a": "file:bottom-a", "b": "file:bottom-b", "gone": "file:x", "oci": "file:y",
+              "opq/old": "file:o", "oopq/old": "file:o", "merged/b": "file:b"}
+    lowers, upper_spec = ([bottom], top) if upper else ([top, bottom], None)
+    with core(tmp_path, lowers, upper_spec, read_only=not upper) as ov:
+        assert _seen(ov, "a") == "top-a"
+        assert _seen(ov, "b") == "bottom-b"
+        for hidden in ("gone", "oci", "opq/old", "oopq/old", ".wh.oci", "oopq/.wh..wh..opq"):
+            assert _seen(ov, hidden) is None, hidden
+        assert _seen(ov, "opq/new") == "n"
+        assert ov.names() == ["a", "b", "merged", "oopq", "opq"]
+        assert ov.names("merged") == ["b", "t"]
+        assert ov.names("opq") == ["new"] and ov.names("oopq") == []
+
+
+def test_a_file_above_ends_the_dir_below(tmp_path: Path) -> None:
+    lowers = [{"x": "file:file-on-top"}, {"x/inside": "file:i"}]
+    with core(tmp_path, lowers) as ov:
+        assert _seen(ov, "x") == "file-on-top"
+        found = ov.tree.resolve(ov.tree.root, b"x")
+        assert found is not None and not found.is_dir and found.layers == (1,)
+
+
+def test_a_dir_above_a_file_hides_it_and_does_not_merge(tmp_path: Path) -> None:
+    lowers = [{"x/inside": "file:i"}, {"x": "file:below"}]
+    with core(tmp_path, lowers) as ov:
+        found = ov.tree.resolve(ov.tree.root, b"x")
+        assert found is not None and found.is_dir and len(found.layers) == 1
+
+
+def test_names_longer_than_name_max_are_refused(tmp_path: Path) -> None:
+    with core(tmp_path, [{"a": "file:a"}]) as ov:
+        with pytest.raises(OSError) as caught:
+            ov.tree.resolve(ov.tree.root, b"n" * 256)
+        assert caught.value.errno == errno.ENAMETOOLONG
+
+
+@needs_root
+def test_a_whiteout_makes_a_dir_empty_but_an_xattr_whiteout_does_not(tmp_path: Path) -> None:
+    lowers = [{"w/gone": "whiteout", "x": "xwhiteouts-dir", "x/gone": "xwhiteout"},
+              {"w/gone": "file:g", "x/gone": "file:g"}]
+    with core(tmp_path, lowers) as ov:
+        assert ov.names("w") == [] and ov.names("x") == []
+        assert ov.tree.is_empty_dir(ov.node("w"))
+        assert not ov.tree.is_empty_dir(ov.node("x"))   # as the kernel's rmdir: ENOTEMPTY
+
+
+# ---- one layer's listing -------------------------------------------------------------------
+
+@needs_root
+def test_read_listing_sorts_entries_from_markers(tmp_path: Path) -> None:
+    build_layer(tmp_path / "d", {"f": "file:f", "sub/x": "file:x", "w": "whiteout",
+                                 "oci": "oci-whiteout", "link": "symlink:f"})
+    (tmp_path / "d/.wh..wh..opq").write_bytes(b"")
+    fd = os.open(tmp_path / "d", os.O_PATH | os.O_DIRECTORY)
+    try:
+        listing = read_listing(fd, lower=True)
+    finally:
+        os.close(fd)
+    assert sorted(listing.entries) == [b"f", b"link", b"sub"]
+    assert listing.entries[b"f"] == os.lstat(tmp_path / "d/f").st_ino
+    assert listing.dirs == {b"sub"}
+    assert listing.whiteouts == {b"w", b"oci"}
+    assert listing.oci_markers == {b".wh.oci", b".wh..wh..opq"}
+    assert listing.opaque and listing.xwhiteouts == frozenset()
+
+
+def test_an_oci_whiteout_beside_its_own_name_hides_nothing(tmp_path: Path) -> None:
+    build_layer(tmp_path / "d", {"a": "file:a", "b": "file:b"})
+    (tmp_path / "d/.wh.a").write_bytes(b"")
+    fd = os.open(tmp_path / "d", os.O_PATH | os.O_DIRECTORY)
+    try:
+        listing = read_listing(fd, lower=True)
+    finally:
+        os.close(fd)
+    assert sorted(listing.entries) == [b"a", b"b"] and listing.whiteouts == frozenset()
+
+
+def test_marker_names() -> None:
+    assert oci_target(b".wh.name") == b"name"
+    assert oci_target(b".wh..wh..opq") is None and oci_target(b"name") is None
+    assert is_reserved_name(b".wh.x") and is_reserved_name(b".wh..wh..opq")
+    assert not is_reserved_name(b"x.wh.") and not is_reserved_name(b".whx")
+
+
+@needs_root
+def test_only_a_chardev_0_0_is_a_whiteout(tmp_path: Path) -> None:
+    os.mknod(tmp_path / "w", stat.S_IFCHR, os.makedev(0, 0))
+    os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    (tmp_path / "f").write_bytes(b"")
+    assert is_whiteout(os.lstat(tmp_path / "w"))
+    assert not is_whiteout(os.lstat(tmp_path / "null"))
+    assert not is_whiteout(os.lstat(tmp_path / "f"))
+
+
+# ---- the inode table -----------------------------------------------------------------------
+
+def _table() -> NodeTable:
+    table = NodeTable(fs_tags={10: 0, 20: 1})
+    table.add(Node(ino=ROOT_INO, parent=None, name=b"", is_dir=True, layers=(0,),
+                   real_inos=(2,), identity=("root",), nlookup=1))
+    return table
+
+
+def _add(table: NodeTable, parent: Node, name: bytes, ino: int, nlookup: int = 1) -> Node:
+    node = Node(ino=ino, parent=parent, name=name, is_dir=False, layers=(0,), real_inos=(ino,),
+                identity=(10, ino), nlookup=nlookup)
+    table.add(node)
+    return node
+
+
+def test_inode_numbers_are_real_tagged_or_synthetic() -> None:
+    table = _table()
+    assert table.choose_ino(10, 1234) == 1234
+    assert table.choose_ino(20, 1234) == 1234 | (1 << 56)       # second filesystem's tag
+    _add(table, table.get(ROOT_INO), b"a", 1234)
+    assert table.choose_ino(10, 1234) >= SYNTHETIC_BASE           # taken: synthetic
+    assert table.choose_ino(10, ROOT_INO) >= SYNTHETIC_BASE       # never the root's
+    table.origin_ino[(10, 99)] = 5555                             # copied up this mount
+    assert table.choose_ino(10, 99) == 5555
+
+
+def test_a_node_lives_while_looked_up_named_as_parent_or_open() -> None:
+    table = _table()
+    root = table.get(ROOT_INO)
+    parent = Node(ino=50, parent=root, name=b"d", is_dir=True, layers=(0,), real_inos=(50,),
+                  identity=(10, 50), nlookup=1)
+    table.add(parent)
+    child = _add(table, parent, b"f", 51)
+    table.forget(50, 1)
+    assert table.get(50) is parent                 # its child keeps it
+    child.open_files = 1
+    table.forget(51, 1)
+    assert table.get(51) is child                  # open
+    child.open_files = 0
+    table.remove_link(child, parent, b"f")
+    for ino in (50, 51):
+        with pytest.raises(OSError):
+            table.get(ino)
+    assert table.get(ROOT_INO) is root and root.nchildren == 0
+
+
+def test_hard_link_names_move_and_leave() -> None:
+    table = _table()
+    root = table.get(ROOT_INO)
+    node = _add(table, root, b"a", 60)
+    table.add_link(node, root, b"b")
+    assert node.links() == [(root, b"a"), (root, b"b")]
+    table.move_link(node, (root, b"b"), (root, b"c"))
+    table.remove_link(node, root, b"a")
+    assert node.links() == [(root, b"c")] and table.get(60) is node
+    table.remove_link(node, root, b"c")
+    assert node.unlinked and table.by_identity.get((10, 60)) is None
+
+
+# ---- the data copy -------------------------------------------------------------------------
+
+def test_copy_file_data_keeps_bytes_and_holes(tmp_path: Path) -> None:
+    src_path, dst_path = tmp_path / "src", tmp_path / "dst"
+    with open(src_path, "wb") as src:
+        src.write(b"head")
+        src.seek(8 << 20)
+        src.write(b"middle")
+        src.truncate(20 << 20)                     # a hole at the end too
+    src_fd = os.open(src_path, os.O_RDONLY)
+    dst_fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        copy_file_data(src_fd, dst_fd, os.fstat(src_fd).st_size)
+    finally:
+        os.close(src_fd)
+        os.close(dst_fd)
+    assert dst_path.read_bytes() == src_path.read_bytes()
+    assert os.stat(dst_path).st_blocks <= os.stat(src_path).st_blocks + 8
+
+
+def test_copy_file_data_of_an_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(b"")
+    src_fd = os.open(tmp_path / "src", os.O_RDONLY)
+    dst_fd = os.open(tmp_path / "dst", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        copy_file_data(src_fd, dst_fd, 0)
+    finally:
+        os.close(src_fd)
+        os.close(dst_fd)
+    assert (tmp_path / "dst").read_bytes() == b""
