@@ -173,7 +173,8 @@ class Overlay(BaseOverlay):
         """As `BaseOverlay`, and: `timeout`: how long the kernel caches entries and
         attributes (seconds; overlayfuse's default when None). `uid_mapping`,
         `gid_mapping`: (stored, shown, size) ranges, as podman passes them. `log_file`:
-        where the daemon logs (by default its log is kept in memory and dropped). `debug`:
+        where the daemon logs (by default, an unnamed temporary file, dropped at the
+        unmount). `debug`:
         log every request. `mount_wait`: seconds to wait for the mount to come up.
         `program`: the command that runs overlayfuse, taking its command-line arguments
         (by default this Python's `-m overlayfuse`)."""

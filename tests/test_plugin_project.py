@@ -194,6 +194,7 @@ def test_pip_install_pulls_only_pyfuse3_and_trio(project: dict) -> None:
     installed = list(project["site"].glob("overlayfuse-*.dist-info"))
     assert installed, "overlayfuse was not installed into the new virtualenv"
     assert not (project["site"] / "hypothesis").exists()
+    assert (project["site"] / "overlayfuse/py.typed").exists()     # the API is typed
     compare = subprocess.run([str(project["venv"] / "bin/overlayfuse-compare")],
                              capture_output=True, text=True)
     assert (compare.returncode, compare.stderr) == (
