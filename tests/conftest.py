@@ -156,17 +156,20 @@ def lowers_never_modified() -> Iterator[None]:
         try:
             return real_mount(overlay)  # type: ignore[return-value]
         except BaseException:
-            del digests[id(overlay)]
+            compare(overlay)            # a refused mount must not have written either
             raise
 
     def unmount(overlay: Overlay) -> None:
         try:
             real_unmount(overlay)
         finally:
-            skip, before = digests.pop(id(overlay), (set(), {}))
-            for lower, digest in before.items():
-                if _layer_digest(lower, skip) != digest:
-                    changed.append(str(lower))
+            compare(overlay)
+
+    def compare(overlay: Overlay) -> None:
+        skip, before = digests.pop(id(overlay), (set(), {}))
+        for lower, digest in before.items():
+            if _layer_digest(lower, skip) != digest:
+                changed.append(str(lower))
 
     # Patched by hand, not with the monkeypatch fixture: that would make the test's own
     # monkeypatch undo its patches only after the test's other fixtures were torn down.
