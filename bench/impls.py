@@ -1,7 +1,7 @@
 """The three implementations under test, each mounted fresh over the same lower layers with
 an upper and work dir of its own, and unmounted afterwards (the daemon stopped by its pid).
 
-Built on overlayfuse.mounts (unmount, run_detached, kernel overlay mounts)."""
+Built on overlayfuse.mounts (unmount, run_detached)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlayfuse import mounts
+from overlayfuse import KernelOverlay, mounts
 
 OVERLAYFUSE = "overlayfuse"
 FUSE_OVERLAYFS = "fuse-overlayfs"
@@ -37,7 +37,7 @@ def available() -> dict[str, str | None]:
     reasons: dict[str, str | None] = {OVERLAYFUSE: None}
     reasons[FUSE_OVERLAYFS] = None if shutil.which("fuse-overlayfs") else \
         "fuse-overlayfs is not installed"
-    reasons[KERNEL] = mounts.kernel_overlay_available()
+    reasons[KERNEL] = KernelOverlay.unavailable()
     return reasons
 
 
