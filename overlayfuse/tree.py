@@ -84,6 +84,12 @@ class Tree:
             os.close(old)
         return fd
 
+    def take_dir_fd(self, node: Node, layer: int) -> int:
+        """`dir_fd`, but taken out of the cache: the caller owns it and closes it."""
+        fd = self.dir_fd(node, layer)
+        del self._fds[(node, layer)]
+        return fd
+
     def forget_dir_fd(self, node: Node, layer: int) -> None:
         fd = self._fds.pop((node, layer), None)
         if fd is not None:
@@ -299,12 +305,12 @@ class Tree:
     def stat(self, node: Node) -> os.stat_result:
         if node.lower_st is not None:
             return unpack_stat(node.lower_st)
-        if node.is_dir:
-            return os.stat(self.dir_fd(node, node.top_layer))
-        if node.parent is None:
+        if node.unlinked:
             if node.orphan_fd is None:
                 raise OSError(errno.ENOENT, "file was removed")
             return os.stat(node.orphan_fd)
+        if node.is_dir:
+            return os.stat(self.dir_fd(node, node.top_layer))
         return os.stat(node.name, dir_fd=self.parent_fd(node), follow_symlinks=False)
 
     def readlink(self, node: Node) -> bytes:
