@@ -144,3 +144,18 @@ def filesystem_uuid(dir_fd: int) -> bytes:
     finally:
         os.close(fd)
     return bytes(buf[1:1 + min(buf[0], 16)]).ljust(16, b"\0")
+
+
+_mount = _libc.mount
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                   ctypes.c_void_p]
+_mount.restype = ctypes.c_int
+MS_REMOUNT = 32
+
+
+def remount(target: str, flags: int) -> None:
+    """mount(2) with MS_REMOUNT: set the VFS flags (MS_RDONLY, MS_NOSUID, ...) of the mount
+    at `target` and of its superblock. Needs CAP_SYS_ADMIN."""
+    if _mount(None, os.fsencode(target), None, MS_REMOUNT | flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
