@@ -5,9 +5,11 @@ checks its mount options, before anything is written anywhere."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 
 from .errors import MountError
@@ -15,6 +17,7 @@ from .options import MountOptions
 from .syscalls import open_readable_dir, open_tree_clone
 
 DIR_OPEN_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+LOCK_GRACE = 2.0       # seconds a busy upper dir or workdir is waited for before refusing
 WORK_SUBDIR = "work"   # staging area inside the workdir, the name kernel overlayfs uses too
 
 TRUSTED_PREFIX = b"trusted.overlay."
@@ -41,6 +44,7 @@ class Stack:
     forbidden: frozenset[tuple[int, int]]   # upper and work roots seen inside a lower: ELOOP
     xattr_prefix: bytes             # namespace of the markers we write: trusted.overlay. or user.overlay.
     volatile: bool
+    lock_fds: tuple[int, ...] = ()  # flock'ed upper dir and workdir, held while serving
 
     @property
     def read_only(self) -> bool:
@@ -51,6 +55,8 @@ class Stack:
             os.close(layer.fd)
         if self.work_fd is not None:
             os.close(self.work_fd)
+        for fd in self.lock_fds:
+            os.close(fd)
 
 
 def _stat_dir(role: str, path: str) -> os.stat_result:
@@ -213,6 +219,27 @@ def _upper_and_workdir(upper: str, workdir: str) -> tuple[int, int]:
     return os.open(upper, DIR_OPEN_FLAGS), os.open(workdir, DIR_OPEN_FLAGS)
 
 
+def _lock(role: str, dir_fd: int, path: str) -> int:
+    """An exclusive flock on the directory behind `dir_fd`, for as long as the returned fd
+    is open: like the kernel's in-use mark, it keeps a second mount off an upper dir or
+    workdir that a live mount uses. It dies with the process, even on SIGKILL; the fd is
+    close-on-exec, so no program the daemon starts (fusermount3) can keep it."""
+    fd = open_readable_dir(dir_fd)
+    # A daemon whose mount was just unmounted still holds its lock while it exits: an
+    # unmount followed at once by a new mount must not be refused for that.
+    deadline = time.monotonic() + LOCK_GRACE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise MountError(errno.EBUSY, f"{role} is in-use as upperdir/workdir of "
+                                              "another mount", path) from None
+            time.sleep(0.02)
+
+
 def _prepare_workdir(workdir_fd: int) -> int:
     """Create workdir/work and empty it: whatever a crashed copy-up left there is garbage."""
     try:
@@ -257,6 +284,7 @@ def open_stack(options: MountOptions) -> Stack:
     check_environment()
     writable = options.upperdir is not None and not options.read_only
     opened: list[Layer] = []
+    locks: list[int] = []
     work_fd = None
     try:
         if writable:
@@ -266,6 +294,9 @@ def open_stack(options: MountOptions) -> Stack:
             upper_fd, workdir_fd = _upper_and_workdir(options.upperdir, options.workdir)
             opened.append(_layer(0, options.upperdir, upper_fd, writable=True))
             try:
+                # Both locked before anything is written: the workdir is emptied next.
+                locks.append(_lock("upperdir", upper_fd, options.upperdir))
+                locks.append(_lock("workdir", workdir_fd, options.workdir))
                 work_fd = _prepare_workdir(workdir_fd)
             finally:
                 os.close(workdir_fd)
@@ -273,12 +304,15 @@ def open_stack(options: MountOptions) -> Stack:
         else:
             if options.upperdir is not None:    # `ro`: the upper is one more lower layer
                 opened.append(_layer(0, options.upperdir, _detached(options.upperdir), False))
+                locks.append(_lock("upperdir", opened[0].fd, options.upperdir))
             prefix = TRUSTED_PREFIX if os.geteuid() == 0 else USER_PREFIX
         for path in options.lowerdirs:
             opened.append(_layer(len(opened), path, _detached(path), writable=False))
-    except OSError as e:
-        for layer in opened:
-            os.close(layer.fd)
+    except (OSError, MountError) as e:
+        for fd in [layer.fd for layer in opened] + locks:
+            os.close(fd)
+        if isinstance(e, MountError):
+            raise
         raise MountError(e.errno or errno.EIO, "cannot prepare layer", e.filename) from None
     if writable:
         assert options.workdir is not None
@@ -293,4 +327,5 @@ def open_stack(options: MountOptions) -> Stack:
         forbidden=frozenset(traps),
         xattr_prefix=prefix,
         volatile=options.volatile,
+        lock_fds=tuple(locks),
     )

@@ -171,3 +171,28 @@ def test_unprivileged_mount_writes_kernel_format(user_env: dict, user_stack: Pat
     lines = kernel_view.stdout.split()
     assert sorted(p[2:] for p in lines if p.startswith("./")) == sorted(view)
     assert lines[-1] == "lowermore"
+
+
+def test_unprivileged_second_mount_of_the_same_upper_is_refused(user_env: dict,
+                                                                user_stack: Path) -> None:
+    base = user_stack
+    second = base / "second"
+    second.mkdir()
+    os.chown(second, user_env["uid"], user_env["gid"])
+    command = [user_env["python"], "-m", "overlayfuse", f"{base}/lower:{base}/lower2",
+               str(base / "upper"), str(second)]
+    with user_mount(user_env, base):
+        refused = as_user(user_env, "env", f"PYTHONPATH={user_env['pythonpath']}", *command,
+                          check=False)
+        assert not mounts.is_mounted(second)
+    assert (refused.returncode, refused.stderr) == (
+        1, "overlayfuse: upperdir is in-use as upperdir/workdir of another mount: "
+           f"{base}/upper (Device or resource busy)\n")
+    # The first mount is gone (through fusermount3): so is its lock.
+    again = as_user(user_env, "env", f"PYTHONPATH={user_env['pythonpath']}", *command,
+                    check=False)
+    try:
+        assert again.returncode == 0, again.stderr
+    finally:
+        as_user(user_env, "fusermount3", "-u", str(second), check=False)
+        mounts.unmount(second)
