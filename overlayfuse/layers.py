@@ -12,9 +12,10 @@ import stat
 import time
 from dataclasses import dataclass
 
+from .atime import AtimePolicy
 from .errors import MountError
 from .options import MountOptions
-from .syscalls import open_readable_dir, open_tree_clone
+from .syscalls import open_readable_dir, open_tree_clone, set_atime_attrs
 
 DIR_OPEN_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 LOCK_GRACE = 2.0       # seconds a busy upper dir or workdir is waited for before refusing
@@ -45,6 +46,7 @@ class Stack:
     xattr_prefix: bytes             # namespace of the markers we write: trusted.overlay. or user.overlay.
     volatile: bool
     lock_fds: tuple[int, ...] = ()  # flock'ed upper dir and workdir, held while serving
+    atime: AtimePolicy = AtimePolicy()
 
     @property
     def read_only(self) -> bool:
@@ -200,12 +202,23 @@ def _same_dir(fd: int, path: str) -> bool:
     return (st.st_dev, st.st_ino) == (real.st_dev, real.st_ino)
 
 
-def _upper_and_workdir(upper: str, workdir: str) -> tuple[int, int]:
+def _upper_and_workdir(upper: str, workdir: str, atime: AtimePolicy) -> tuple[int, int]:
     """O_PATH fds on the upper dir and the workdir, in one detached copy of their common
-    mount (a rename between them must stay inside one mount)."""
+    mount (a rename between them must stay inside one mount), which carries the mount's
+    atime policy (see atime.py). Where no copy may be made (not root), the upper's own
+    mount options rule its atime."""
     real_upper, real_work = os.path.realpath(upper), os.path.realpath(workdir)
     common = os.path.commonpath([real_upper, real_work])
-    root = _detached(common)
+    try:
+        root = open_tree_clone(common)
+    except OSError:
+        root = os.open(common, DIR_OPEN_FLAGS)
+    else:
+        try:
+            set_atime_attrs(root, atime.mount_attrs)
+        except OSError:
+            os.close(root)
+            raise
     try:
         upper_fd = _walk_down(root, os.path.relpath(real_upper, common))
         work_fd = _walk_down(root, os.path.relpath(real_work, common))
@@ -283,6 +296,7 @@ def open_stack(options: MountOptions) -> Stack:
     traps = validate(options)
     check_environment()
     writable = options.upperdir is not None and not options.read_only
+    atime = AtimePolicy.from_flags(options.vfs_flags)
     opened: list[Layer] = []
     locks: list[int] = []
     work_fd = None
@@ -291,7 +305,7 @@ def open_stack(options: MountOptions) -> Stack:
             assert options.upperdir is not None and options.workdir is not None
             if options.workdir_chosen and not os.path.lexists(options.workdir):
                 os.mkdir(options.workdir, 0o700)
-            upper_fd, workdir_fd = _upper_and_workdir(options.upperdir, options.workdir)
+            upper_fd, workdir_fd = _upper_and_workdir(options.upperdir, options.workdir, atime)
             opened.append(_layer(0, options.upperdir, upper_fd, writable=True))
             try:
                 # Both locked before anything is written: the workdir is emptied next.
@@ -328,4 +342,5 @@ def open_stack(options: MountOptions) -> Stack:
         xattr_prefix=prefix,
         volatile=options.volatile,
         lock_fds=tuple(locks),
+        atime=atime,
     )

@@ -117,13 +117,14 @@ class Tree:
         return listing
 
     def upper_names(self, node: Node) -> Listing | None:
-        """The upper part of `node`'s listing, read now; None if it has no upper part."""
+        """The upper part of `node`'s listing, read now for a readdir (which moves the upper
+        dir's atime as the mount's atime policy says); None if it has no upper part."""
         if self.writable and UPPER in node.layers:
-            return self.upper_listing(node)
+            return self.upper_listing(node, touch_atime=self.stack.atime.touches_dirs)
         return None
 
-    def upper_listing(self, node: Node) -> Listing:
-        listing = read_listing(self.dir_fd(node, UPPER), lower=False)
+    def upper_listing(self, node: Node, touch_atime: bool = False) -> Listing:
+        listing = read_listing(self.dir_fd(node, UPPER), lower=False, touch_atime=touch_atime)
         node.upper_state = UpperDirState(listing.opaque, _oci_whiteouts(listing))
         return listing
 
