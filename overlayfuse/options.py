@@ -33,8 +33,8 @@ VFS_FLAGS = frozenset({
     "strictatime", "nostrictatime", "lazytime", "nolazytime",
 })
 
-# Options that mount(8)/mount.fuse3 or podman may pass and that need no action from us
-# (libfuse refuses the atime variants other than atime/noatime).
+# Options that mount(8)/mount.fuse3 or podman may pass and that are not for libfuse (it
+# refuses the atime variants other than atime/noatime; the daemon applies those itself).
 SILENT_OPTIONS = frozenset({"defaults", "nofail", "_netdev", "user", "users", "nouser",
                             "noauto", "auto", "private", "diratime", "nodiratime", "relatime",
                             "norelatime", "strictatime", "nostrictatime", "lazytime",
