@@ -28,6 +28,7 @@ class AtimePolicy:
     noatime: bool = False
     strictatime: bool = False
     nodiratime: bool = False
+    by_mount: bool = True   # False: no copy of the upper mount carries the policy (not root)
 
     @classmethod
     def from_flags(cls, vfs_flags: tuple[str, ...]) -> AtimePolicy:
@@ -49,8 +50,9 @@ class AtimePolicy:
 
     def read_would_update(self, st: os.stat_result) -> bool:
         """Whether a read of a file with this stat moves its atime (the kernel's
-        atime_needs_update and relatime_need_update)."""
-        if self.noatime:
+        atime_needs_update and relatime_need_update). Unknown, and so False, where the
+        upper filesystem's own mount options rule."""
+        if self.noatime or not self.by_mount:
             return False
         if self.strictatime:
             return True

@@ -10,7 +10,7 @@ import os
 import shutil
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .atime import AtimePolicy
 from .errors import MountError
@@ -202,17 +202,19 @@ def _same_dir(fd: int, path: str) -> bool:
     return (st.st_dev, st.st_ino) == (real.st_dev, real.st_ino)
 
 
-def _upper_and_workdir(upper: str, workdir: str, atime: AtimePolicy) -> tuple[int, int]:
+def _upper_and_workdir(upper: str, workdir: str, atime: AtimePolicy
+                       ) -> tuple[int, int, AtimePolicy]:
     """O_PATH fds on the upper dir and the workdir, in one detached copy of their common
     mount (a rename between them must stay inside one mount), which carries the mount's
-    atime policy (see atime.py). Where no copy may be made (not root), the upper's own
-    mount options rule its atime."""
+    atime policy (see atime.py); and the policy as it then holds. Where no copy may be made
+    (not root), the upper's own mount options rule its atime."""
     real_upper, real_work = os.path.realpath(upper), os.path.realpath(workdir)
     common = os.path.commonpath([real_upper, real_work])
     try:
         root = open_tree_clone(common)
     except OSError:
         root = os.open(common, DIR_OPEN_FLAGS)
+        atime = replace(atime, by_mount=False)
     else:
         try:
             set_atime_attrs(root, atime.mount_attrs)
@@ -225,11 +227,12 @@ def _upper_and_workdir(upper: str, workdir: str, atime: AtimePolicy) -> tuple[in
     finally:
         os.close(root)
     if _same_dir(upper_fd, upper) and _same_dir(work_fd, workdir):
-        return upper_fd, work_fd
+        return upper_fd, work_fd, atime
     # A mount between the common directory and one of them: take them as they are.
     os.close(upper_fd)
     os.close(work_fd)
-    return os.open(upper, DIR_OPEN_FLAGS), os.open(workdir, DIR_OPEN_FLAGS)
+    return (os.open(upper, DIR_OPEN_FLAGS), os.open(workdir, DIR_OPEN_FLAGS),
+            replace(atime, by_mount=False))
 
 
 def _lock(role: str, dir_fd: int, path: str) -> int:
@@ -305,7 +308,8 @@ def open_stack(options: MountOptions) -> Stack:
             assert options.upperdir is not None and options.workdir is not None
             if options.workdir_chosen and not os.path.lexists(options.workdir):
                 os.mkdir(options.workdir, 0o700)
-            upper_fd, workdir_fd = _upper_and_workdir(options.upperdir, options.workdir, atime)
+            upper_fd, workdir_fd, atime = _upper_and_workdir(options.upperdir, options.workdir,
+                                                             atime)
             opened.append(_layer(0, options.upperdir, upper_fd, writable=True))
             try:
                 # Both locked before anything is written: the workdir is emptied next.
