@@ -451,8 +451,8 @@ class Operations(pyfuse3.Operations):
             os.close(fd)
 
     def _chmod(self, node: Node, mode: int) -> None:
-        if node.is_dir:
-            os.chmod(proc_path(self.tree.dir_fd(node, UPPER))[0], mode)
+        if node.is_dir or node.unlinked:    # (a removed file kept only because it is open)
+            os.chmod(proc_path(self.tree.xattr_target(node)[0])[0], mode)
             return
         fd = os.open(node.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=self.tree.parent_fd(node))

@@ -318,7 +318,10 @@ class Tree:
         return os.readlink(node.name, dir_fd=self.parent_fd(node))
 
     def xattr_target(self, node: Node) -> tuple[int, bytes | None]:
-        """(fd, name) naming `node`'s top object for the xattr helpers."""
+        """(fd, name) naming `node`'s top object for the xattr helpers (and the other calls
+        that take a path); for a removed upper object still in use, the fd kept on it."""
+        if node.unlinked and node.orphan_fd is not None and node.top_layer == UPPER:
+            return node.orphan_fd, None
         if node.is_dir:
             return self.dir_fd(node, node.top_layer), None
         return self.parent_fd(node), node.name

@@ -87,3 +87,41 @@ def test_stat_of_removed_working_directory_matches_kernel(both) -> None:
                    for stack in (kernel, ofs)]
     assert outputs[0].returncode == 0, outputs[0].stderr
     assert (outputs[1].returncode, outputs[1].stdout) == (0, outputs[0].stdout), outputs[1].stderr
+
+
+def _change_removed(merged: Path, victim: str, how: str) -> dict[str, object]:
+    """Open `victim` read-write, take its name away, then change it through the fd."""
+    path = merged / victim
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if how == "rename":
+            (merged / f"new-{victim}").write_text("new")
+            os.rename(merged / f"new-{victim}", path)
+        else:
+            os.unlink(path)
+        done: dict[str, object] = {}
+        for call, act in (("fchmod", lambda: os.fchmod(fd, 0o600)),
+                          ("ftruncate", lambda: os.ftruncate(fd, 2)),
+                          ("futimens", lambda: os.utime(fd, (1, 2))),
+                          ("fsetxattr", lambda: os.setxattr(fd, "user.k", b"v"))):
+            try:
+                act()
+                done[call] = "ok"
+            except OSError as e:
+                done[call] = os.strerror(e.errno)
+        st = os.fstat(fd)
+        done["after"] = (oct(st.st_mode), st.st_size, st.st_atime, st.st_mtime, st.st_nlink,
+                         os.getxattr(fd, "user.k"))
+        return done
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("how", ["rename", "remove"])
+def test_changes_through_the_fd_of_a_removed_file_match_kernel(both, how: str) -> None:
+    with both(LOWERS, UPPER) as (kernel, ofs):
+        results = {name: {victim: _change_removed(stack["merged"], victim, how)
+                          for victim in ("upfile", "copied")}
+                   for name, stack in (("kernel", kernel), ("ofs", ofs))}
+    assert results["ofs"] == results["kernel"]
+    assert results["kernel"]["upfile"]["after"] == ("0o100600", 2, 1, 2, 0, b"v")
