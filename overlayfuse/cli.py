@@ -8,6 +8,7 @@ import sys
 from .errors import MountError, UsageError
 from .layers import open_stack
 from .options import parse_args
+from .remount import remount
 
 EXIT_USAGE = 2
 EXIT_MOUNT = 1
@@ -26,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"error: {e} (see overlayfuse --help)", EXIT_USAGE)
     except MountError as e:
         return _fail(str(e), EXIT_MOUNT)
+    if options.remount:
+        try:
+            remount(options)
+        except MountError as e:
+            return _fail(str(e), EXIT_MOUNT)
+        return 0
     for warning in options.warnings:
         print(f"overlayfuse: warning: {warning}", file=sys.stderr)
     try:

@@ -41,7 +41,7 @@ class Node:
     upper_state: UpperDirState | None = None
     lower_st: bytes | None = None   # packed stat of a lower non-dir (immutable), if kept
     open_files: int = 0
-    orphan_fd: int | None = None    # an fd kept on an unlinked-but-open upper file
+    orphan_fd: int | None = None    # an fd kept on a removed object the kernel still uses
     copy_up_done: object = None     # a trio.Event while a copy-up is staging
 
     @property

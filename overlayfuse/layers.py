@@ -5,16 +5,20 @@ checks its mount options, before anything is written anywhere."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import stat
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
+from .atime import AtimePolicy
 from .errors import MountError
 from .options import MountOptions
-from .syscalls import open_readable_dir, open_tree_clone
+from .syscalls import open_readable_dir, open_tree_clone, set_atime_attrs
 
 DIR_OPEN_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+LOCK_GRACE = 2.0       # seconds a busy upper dir or workdir is waited for before refusing
 WORK_SUBDIR = "work"   # staging area inside the workdir, the name kernel overlayfs uses too
 
 TRUSTED_PREFIX = b"trusted.overlay."
@@ -41,6 +45,8 @@ class Stack:
     forbidden: frozenset[tuple[int, int]]   # upper and work roots seen inside a lower: ELOOP
     xattr_prefix: bytes             # namespace of the markers we write: trusted.overlay. or user.overlay.
     volatile: bool
+    lock_fds: tuple[int, ...] = ()  # flock'ed upper dir and workdir, held while serving
+    atime: AtimePolicy = AtimePolicy()
 
     @property
     def read_only(self) -> bool:
@@ -51,6 +57,8 @@ class Stack:
             os.close(layer.fd)
         if self.work_fd is not None:
             os.close(self.work_fd)
+        for fd in self.lock_fds:
+            os.close(fd)
 
 
 def _stat_dir(role: str, path: str) -> os.stat_result:
@@ -194,23 +202,58 @@ def _same_dir(fd: int, path: str) -> bool:
     return (st.st_dev, st.st_ino) == (real.st_dev, real.st_ino)
 
 
-def _upper_and_workdir(upper: str, workdir: str) -> tuple[int, int]:
+def _upper_and_workdir(upper: str, workdir: str, atime: AtimePolicy
+                       ) -> tuple[int, int, AtimePolicy]:
     """O_PATH fds on the upper dir and the workdir, in one detached copy of their common
-    mount (a rename between them must stay inside one mount)."""
+    mount (a rename between them must stay inside one mount), which carries the mount's
+    atime policy (see atime.py); and the policy as it then holds. Where no copy may be made
+    (not root), the upper's own mount options rule its atime."""
     real_upper, real_work = os.path.realpath(upper), os.path.realpath(workdir)
     common = os.path.commonpath([real_upper, real_work])
-    root = _detached(common)
+    try:
+        root = open_tree_clone(common)
+    except OSError:
+        root = os.open(common, DIR_OPEN_FLAGS)
+        atime = replace(atime, by_mount=False)
+    else:
+        try:
+            set_atime_attrs(root, atime.mount_attrs)
+        except OSError:
+            os.close(root)
+            raise
     try:
         upper_fd = _walk_down(root, os.path.relpath(real_upper, common))
         work_fd = _walk_down(root, os.path.relpath(real_work, common))
     finally:
         os.close(root)
     if _same_dir(upper_fd, upper) and _same_dir(work_fd, workdir):
-        return upper_fd, work_fd
+        return upper_fd, work_fd, atime
     # A mount between the common directory and one of them: take them as they are.
     os.close(upper_fd)
     os.close(work_fd)
-    return os.open(upper, DIR_OPEN_FLAGS), os.open(workdir, DIR_OPEN_FLAGS)
+    return (os.open(upper, DIR_OPEN_FLAGS), os.open(workdir, DIR_OPEN_FLAGS),
+            replace(atime, by_mount=False))
+
+
+def _lock(role: str, dir_fd: int, path: str) -> int:
+    """An exclusive flock on the directory behind `dir_fd`, for as long as the returned fd
+    is open: like the kernel's in-use mark, it keeps a second mount off an upper dir or
+    workdir that a live mount uses. It dies with the process, even on SIGKILL; the fd is
+    close-on-exec, so no program the daemon starts (fusermount3) can keep it."""
+    fd = open_readable_dir(dir_fd)
+    # A daemon whose mount was just unmounted still holds its lock while it exits: an
+    # unmount followed at once by a new mount must not be refused for that.
+    deadline = time.monotonic() + LOCK_GRACE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise MountError(errno.EBUSY, f"{role} is in-use as upperdir/workdir of "
+                                              "another mount", path) from None
+            time.sleep(0.02)
 
 
 def _prepare_workdir(workdir_fd: int) -> int:
@@ -256,16 +299,22 @@ def open_stack(options: MountOptions) -> Stack:
     traps = validate(options)
     check_environment()
     writable = options.upperdir is not None and not options.read_only
+    atime = AtimePolicy.from_flags(options.vfs_flags)
     opened: list[Layer] = []
+    locks: list[int] = []
     work_fd = None
     try:
         if writable:
             assert options.upperdir is not None and options.workdir is not None
             if options.workdir_chosen and not os.path.lexists(options.workdir):
                 os.mkdir(options.workdir, 0o700)
-            upper_fd, workdir_fd = _upper_and_workdir(options.upperdir, options.workdir)
+            upper_fd, workdir_fd, atime = _upper_and_workdir(options.upperdir, options.workdir,
+                                                             atime)
             opened.append(_layer(0, options.upperdir, upper_fd, writable=True))
             try:
+                # Both locked before anything is written: the workdir is emptied next.
+                locks.append(_lock("upperdir", upper_fd, options.upperdir))
+                locks.append(_lock("workdir", workdir_fd, options.workdir))
                 work_fd = _prepare_workdir(workdir_fd)
             finally:
                 os.close(workdir_fd)
@@ -273,12 +322,15 @@ def open_stack(options: MountOptions) -> Stack:
         else:
             if options.upperdir is not None:    # `ro`: the upper is one more lower layer
                 opened.append(_layer(0, options.upperdir, _detached(options.upperdir), False))
+                locks.append(_lock("upperdir", opened[0].fd, options.upperdir))
             prefix = TRUSTED_PREFIX if os.geteuid() == 0 else USER_PREFIX
         for path in options.lowerdirs:
             opened.append(_layer(len(opened), path, _detached(path), writable=False))
-    except OSError as e:
-        for layer in opened:
-            os.close(layer.fd)
+    except (OSError, MountError) as e:
+        for fd in [layer.fd for layer in opened] + locks:
+            os.close(fd)
+        if isinstance(e, MountError):
+            raise
         raise MountError(e.errno or errno.EIO, "cannot prepare layer", e.filename) from None
     if writable:
         assert options.workdir is not None
@@ -293,4 +345,6 @@ def open_stack(options: MountOptions) -> Stack:
         forbidden=frozenset(traps),
         xattr_prefix=prefix,
         volatile=options.volatile,
+        lock_fds=tuple(locks),
+        atime=atime,
     )

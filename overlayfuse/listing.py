@@ -24,9 +24,10 @@ class Listing:
     xwhiteouts: frozenset[bytes]    # the whiteouts that are xattr whiteouts
 
 
-def read_listing(dir_fd: int, lower: bool) -> Listing:
-    """Read the directory behind an O_PATH fd. Only in a `lower` layer are xwhiteouts
-    honoured (the kernel's readdir does not honour them in the upper layer)."""
+def read_listing(dir_fd: int, lower: bool, touch_atime: bool = False) -> Listing:
+    """Read the directory behind an O_PATH fd, without moving its atime unless asked to.
+    Only in a `lower` layer are xwhiteouts honoured (the kernel's readdir does not honour
+    them in the upper layer)."""
     entries: dict[bytes, int] = {}
     dirs: set[bytes] = set()
     whiteouts: set[bytes] = set()
@@ -35,7 +36,10 @@ def read_listing(dir_fd: int, lower: bool) -> Listing:
     marker = opaque_marker(dir_fd)
     opaque = marker == OPAQUE
     holds_xwhiteouts = lower and marker == HOLDS_XWHITEOUTS
-    fd = open_noatime(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd)
+    if touch_atime:
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    else:
+        fd = open_noatime(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd)
     try:
         with os.scandir(fd) as scan:
             for entry in scan:

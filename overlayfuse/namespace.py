@@ -211,11 +211,8 @@ class Namespace:
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory", name)
         self.copy_up.directory(parent)
+        self._keep_reachable(node, parent, name)
         upper_fd = self.tree.dir_fd(parent, UPPER)
-        if node.open_files and node.orphan_fd is None:
-            # Keep the object reachable for fstat-like calls once its name is gone.
-            node.orphan_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                     dir_fd=self.tree.dir_fd(parent, node.top_layer))
         self._remove_name(parent, name, in_upper=node.top_layer == UPPER, upper_fd=upper_fd)
         self.tree.table.remove_link(node, parent, name)
 
@@ -228,10 +225,24 @@ class Namespace:
         if not self.tree.is_empty_dir(node):
             raise OSError(errno.ENOTEMPTY, "directory not empty", name)
         self.copy_up.directory(parent)
+        self._keep_reachable(node, parent, name)
         upper_fd = self.tree.dir_fd(parent, UPPER)
         self._remove_name(parent, name, in_upper=UPPER in node.layers, upper_fd=upper_fd)
         self._forget_dir(node)
         self.tree.table.remove_link(node, parent, name)
+
+    def _keep_reachable(self, node: Node, parent: Node, name: bytes) -> None:
+        """`parent/name` is about to go: if it is `node`'s last name, keep an fd on the object,
+        so that fstat of an open file or dir (or stat of a removed working directory) still
+        answers, with st_nlink 0, as in the kernel. A dir's fd is usually cached already; a
+        file's is opened only while the file is open."""
+        if node.orphan_fd is not None or node.extra_links:
+            return
+        if node.is_dir:
+            node.orphan_fd = self.tree.take_dir_fd(node, node.top_layer)
+        elif node.open_files:
+            node.orphan_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     dir_fd=self.tree.dir_fd(parent, node.top_layer))
 
     def _remove_name(self, parent: Node, name: bytes, in_upper: bool, upper_fd: int) -> None:
         """Make `name` vanish from the merged view: whiteout if a lower layer still has it."""
@@ -352,6 +363,8 @@ class Namespace:
 
     def _move(self, old_parent: Node, old_name: bytes, source: Node, new_parent: Node,
               new_name: bytes, target: Node | None) -> None:
+        if target is not None:
+            self._keep_reachable(target, new_parent, new_name)
         old_fd = self.tree.dir_fd(old_parent, UPPER)
         new_fd = self.tree.dir_fd(new_parent, UPPER)
         if target is not None and target.is_dir and UPPER in target.layers:

@@ -292,13 +292,18 @@ class Operations(pyfuse3.Operations):
             copy_up, _ = self._writer()
             await copy_up.ensure_upper(node, with_data=not flags & os.O_TRUNC)
         flags = (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW
-        if node.top_layer == UPPER and self.tree.writable:
+        atime = self.tree.stack.atime
+        keep_cache = True
+        if node.top_layer == UPPER and self.tree.writable and not atime.noatime:
             fd = os.open(node.name, flags | os.O_CLOEXEC, dir_fd=self.tree.parent_fd(node))
+            if flags & os.O_ACCMODE != os.O_WRONLY:
+                # The daemon's reads move the atime: the next read must reach it if it should.
+                keep_cache = not atime.read_would_update(os.fstat(fd))
         else:
             # Reads through the overlay leave a lower file's atime alone, as in the kernel.
             fd = open_noatime(node.name, flags, self.tree.parent_fd(node))
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)    # a larger readahead
-        return pyfuse3.FileInfo(fh=self._add_file(node, fd), keep_cache=True)
+        return pyfuse3.FileInfo(fh=self._add_file(node, fd), keep_cache=keep_cache)
 
     @_edge
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -447,8 +452,8 @@ class Operations(pyfuse3.Operations):
             os.close(fd)
 
     def _chmod(self, node: Node, mode: int) -> None:
-        if node.is_dir:
-            os.chmod(proc_path(self.tree.dir_fd(node, UPPER))[0], mode)
+        if node.is_dir or node.unlinked:    # (a removed file kept only because it is open)
+            os.chmod(proc_path(self.tree.xattr_target(node)[0])[0], mode)
             return
         fd = os.open(node.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=self.tree.parent_fd(node))

@@ -26,11 +26,19 @@ FUSE_FLAG_OPTIONS = frozenset({
 })
 FUSE_VALUE_OPTIONS = frozenset({"fsname", "subtype"})
 
-# Options that mount(8)/mount.fuse3 or podman may pass and that need no action from us
-# (libfuse refuses the atime variants other than atime/noatime).
+# The VFS flags of a mount: what `mount -o remount,...` may change (util-linux names).
+VFS_FLAGS = frozenset({
+    "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "sync", "async",
+    "dirsync", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime",
+    "strictatime", "nostrictatime", "lazytime", "nolazytime",
+})
+
+# Options that mount(8)/mount.fuse3 or podman may pass and that are not for libfuse (it
+# refuses the atime variants other than atime/noatime; the daemon applies those itself).
 SILENT_OPTIONS = frozenset({"defaults", "nofail", "_netdev", "user", "users", "nouser",
                             "noauto", "auto", "private", "diratime", "nodiratime", "relatime",
-                            "norelatime", "strictatime", "lazytime", "nolazytime"})
+                            "norelatime", "strictatime", "nostrictatime", "lazytime",
+                            "nolazytime"})
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,8 @@ class MountOptions:
     gidmapping: tuple[IdMapping, ...] = ()
     squash_to_uid: int | None = None
     squash_to_gid: int | None = None
+    remount: bool = False              # change the live mount at `mountpoint` in place
+    vfs_flags: tuple[str, ...] = ()    # the VFS_FLAGS given, in order
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -187,11 +197,21 @@ def parse_args(argv: list[str]) -> MountOptions:
     settings: dict[str, object] = {}
     fuse_options: set[str] = set()
     warnings: list[str] = []
+    vfs_flags: list[str] = []
     for option_string in args.options:
         for item in split_option_string(option_string):
             _apply_option(item, settings, fuse_options, warnings)
+            if item in VFS_FLAGS:
+                vfs_flags.append(item)
 
     paths: list[str] = args.paths
+    if settings.get("remount"):
+        # As kernel overlayfs on a remount: only the VFS flags count; the layers and every
+        # other option are ignored, silently.
+        if len(paths) not in (1, 2):
+            raise UsageError("with -o remount, give [SOURCE] MERGED")
+        return MountOptions(lowerdirs=(), upperdir=None, workdir=None, mountpoint=paths[-1],
+                            remount=True, vfs_flags=tuple(vfs_flags))
     workdir_chosen = False
     if "lowerdir" not in settings and ("upperdir" in settings or "workdir" in settings):
         raise MountError(errno.EINVAL, "no lowerdir given (add -o lowerdir=DIR[:DIR...])")
@@ -250,6 +270,7 @@ def parse_args(argv: list[str]) -> MountOptions:
         gidmapping=settings.get("gidmapping", ()),  # type: ignore[arg-type]
         squash_to_uid=settings.get("squash_to_uid"),  # type: ignore[arg-type]
         squash_to_gid=settings.get("squash_to_gid"),  # type: ignore[arg-type]
+        vfs_flags=tuple(vfs_flags),
         warnings=tuple(warnings),
     )
 
@@ -279,8 +300,8 @@ def _apply_option(item: str, settings: dict[str, object], fuse_options: set[str]
             raise UsageError(f"timeout: not a number: '{value}'") from None
         if not settings["timeout"] >= 0:  # also rejects nan
             raise UsageError(f"timeout: must be >= 0: '{value}'")
-    elif key == "volatile" and not has_value:
-        settings["volatile"] = True
+    elif key in ("volatile", "remount") and not has_value:
+        settings[key] = True
     elif key in FUSE_FLAG_OPTIONS and not has_value:
         fuse_options.add(key)
     elif key in FUSE_VALUE_OPTIONS and has_value:

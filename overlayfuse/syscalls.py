@@ -144,3 +144,42 @@ def filesystem_uuid(dir_fd: int) -> bytes:
     finally:
         os.close(fd)
     return bytes(buf[1:1 + min(buf[0], 16)]).ljust(16, b"\0")
+
+
+_mount = _libc.mount
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                   ctypes.c_void_p]
+_mount.restype = ctypes.c_int
+MS_REMOUNT = 32
+
+
+def remount(target: str, flags: int) -> None:
+    """mount(2) with MS_REMOUNT: set the VFS flags (MS_RDONLY, MS_NOSUID, ...) of the mount
+    at `target` and of its superblock. Needs CAP_SYS_ADMIN."""
+    if _mount(None, os.fsencode(target), None, MS_REMOUNT | flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+_SYS_MOUNT_SETATTR = 442        # x86_64 and the generic syscall table alike
+MOUNT_ATTR_ATIME_MASK = 0x70    # MOUNT_ATTR__ATIME: relatime (0), noatime, strictatime
+MOUNT_ATTR_RELATIME, MOUNT_ATTR_NOATIME, MOUNT_ATTR_STRICTATIME = 0x00, 0x10, 0x20
+MOUNT_ATTR_NODIRATIME = 0x80
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def set_atime_attrs(detached_fd: int, attrs: int) -> None:
+    """mount_setattr(2): give the mount behind `detached_fd` the atime mode in `attrs`
+    (MOUNT_ATTR_RELATIME, _NOATIME or _STRICTATIME, maybe | _NODIRATIME). Only ever called
+    on a detached copy from open_tree_clone: on any other fd it would change a mount the
+    whole system sees."""
+    attr = _MountAttr(attr_set=attrs, attr_clr=MOUNT_ATTR_ATIME_MASK | MOUNT_ATTR_NODIRATIME)
+    if _syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(detached_fd), ctypes.c_char_p(b""),
+                ctypes.c_uint(AT_EMPTY_PATH), ctypes.byref(attr),
+                ctypes.c_size_t(ctypes.sizeof(attr))) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

@@ -85,6 +85,12 @@ class Tree:
             os.close(old)
         return fd
 
+    def take_dir_fd(self, node: Node, layer: int) -> int:
+        """`dir_fd`, but taken out of the cache: the caller owns it and closes it."""
+        fd = self.dir_fd(node, layer)
+        del self._fds[(node, layer)]
+        return fd
+
     def forget_dir_fd(self, node: Node, layer: int) -> None:
         fd = self._fds.pop((node, layer), None)
         if fd is not None:
@@ -118,13 +124,14 @@ class Tree:
         return listing
 
     def upper_names(self, node: Node) -> Listing | None:
-        """The upper part of `node`'s listing, read now; None if it has no upper part."""
+        """The upper part of `node`'s listing, read now for a readdir (which moves the upper
+        dir's atime as the mount's atime policy says); None if it has no upper part."""
         if self.writable and UPPER in node.layers:
-            return self.upper_listing(node)
+            return self.upper_listing(node, touch_atime=self.stack.atime.touches_dirs)
         return None
 
-    def upper_listing(self, node: Node) -> Listing:
-        listing = read_listing(self.dir_fd(node, UPPER), lower=False)
+    def upper_listing(self, node: Node, touch_atime: bool = False) -> Listing:
+        listing = read_listing(self.dir_fd(node, UPPER), lower=False, touch_atime=touch_atime)
         node.upper_state = UpperDirState(listing.opaque, _oci_whiteouts(listing))
         return listing
 
@@ -308,19 +315,22 @@ class Tree:
     def stat(self, node: Node) -> os.stat_result:
         if node.lower_st is not None:
             return unpack_stat(node.lower_st)
-        if node.is_dir:
-            return os.stat(self.dir_fd(node, node.top_layer))
-        if node.parent is None:
+        if node.unlinked:
             if node.orphan_fd is None:
                 raise OSError(errno.ENOENT, "file was removed")
             return os.stat(node.orphan_fd)
+        if node.is_dir:
+            return os.stat(self.dir_fd(node, node.top_layer))
         return os.stat(node.name, dir_fd=self.parent_fd(node), follow_symlinks=False)
 
     def readlink(self, node: Node) -> bytes:
         return os.readlink(node.name, dir_fd=self.parent_fd(node))
 
     def xattr_target(self, node: Node) -> tuple[int, bytes | None]:
-        """(fd, name) naming `node`'s top object for the xattr helpers."""
+        """(fd, name) naming `node`'s top object for the xattr helpers (and the other calls
+        that take a path); for a removed upper object still in use, the fd kept on it."""
+        if node.unlinked and node.orphan_fd is not None and node.top_layer == UPPER:
+            return node.orphan_fd, None
         if node.is_dir:
             return self.dir_fd(node, node.top_layer), None
         return self.parent_fd(node), node.name

@@ -351,3 +351,46 @@ def test_failed_mount_in_daemon_mode_leaves_no_process(stack: dict, reaped: list
         reaper.next_event()
     assert reaper.exits == {}                      # nothing was forked
     assert not mounts.is_mounted(merged)
+
+
+def _holders_of(path: Path) -> set[int]:
+    """Live processes with an fd that holds an flock on the directory `path` (/proc/locks
+    names the process that took a lock, which may be gone; fdinfo names who has it now)."""
+    st = os.stat(path)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    if any(line.startswith("lock:") and " FLOCK " in line and
+                           line.split()[6] == inode for line in info):
+                        holders.add(int(pid))
+        except OSError:
+            continue
+    return holders
+
+
+def test_upper_and_workdir_are_locked_by_the_daemon_alone_until_it_dies(
+        stack: dict, reaped: list, tmp_path: Path) -> None:
+    merged = stack["merged"]
+    reaper = start(reaped, [COMMAND, "-o", mount_options(stack), str(merged)], merged)
+    assert reaper.returned()["code"] == 0
+    pid = the_daemon(merged, reaper)
+    # Held by the daemon, not by the command that started it (gone) or anyone else.
+    assert _holders_of(stack["upper"]) == _holders_of(stack["work"]) == {pid}
+    second = tmp_path / "second"
+    second.mkdir()
+    refused = subprocess.run([COMMAND, "-o", mount_options(stack), str(second)],
+                             capture_output=True, text=True)
+    assert (refused.returncode, refused.stderr) == (
+        1, "overlayfuse: upperdir is in-use as upperdir/workdir of another mount: "
+           f"{stack['upper']} (Device or resource busy)\n")
+    assert not mounts.is_mounted(second)
+    os.kill(pid, signal.SIGKILL)
+    assert reaper.exit_code(pid) == -signal.SIGKILL
+    assert _holders_of(stack["upper"]) == _holders_of(stack["work"]) == set()
+    mounts.unmount(merged)                  # the dead daemon's mount
+    again = start(reaped, [COMMAND, "-o", mount_options(stack), str(second)], second)
+    assert again.returned()["code"] == 0
+    assert sorted(os.listdir(second)) == EXPECTED_TOP

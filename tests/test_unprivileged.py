@@ -102,9 +102,9 @@ def _open_to(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def user_mount(env: dict, base: Path) -> Iterator[Path]:
+def user_mount(env: dict, base: Path, *extra: str) -> Iterator[Path]:
     merged = base / "merged"
-    command = [env["python"], "-m", "overlayfuse", f"{base}/lower:{base}/lower2",
+    command = [env["python"], "-m", "overlayfuse", *extra, f"{base}/lower:{base}/lower2",
                str(base / "upper"), str(merged)]
     done = as_user(env, "env", f"PYTHONPATH={env['pythonpath']}", *command, check=False)
     assert done.returncode == 0, done.stderr
@@ -171,3 +171,43 @@ def test_unprivileged_mount_writes_kernel_format(user_env: dict, user_stack: Pat
     lines = kernel_view.stdout.split()
     assert sorted(p[2:] for p in lines if p.startswith("./")) == sorted(view)
     assert lines[-1] == "lowermore"
+
+
+def test_unprivileged_second_mount_of_the_same_upper_is_refused(user_env: dict,
+                                                                user_stack: Path) -> None:
+    base = user_stack
+    second = base / "second"
+    second.mkdir()
+    os.chown(second, user_env["uid"], user_env["gid"])
+    command = [user_env["python"], "-m", "overlayfuse", f"{base}/lower:{base}/lower2",
+               str(base / "upper"), str(second)]
+    with user_mount(user_env, base):
+        refused = as_user(user_env, "env", f"PYTHONPATH={user_env['pythonpath']}", *command,
+                          check=False)
+        assert not mounts.is_mounted(second)
+    assert (refused.returncode, refused.stderr) == (
+        1, "overlayfuse: upperdir is in-use as upperdir/workdir of another mount: "
+           f"{base}/upper (Device or resource busy)\n")
+    # The first mount is gone (through fusermount3): so is its lock.
+    again = as_user(user_env, "env", f"PYTHONPATH={user_env['pythonpath']}", *command,
+                    check=False)
+    try:
+        assert again.returncode == 0, again.stderr
+    finally:
+        as_user(user_env, "fusermount3", "-u", str(second), check=False)
+        mounts.unmount(second)
+
+
+@pytest.mark.parametrize("option, moves", [("relatime", True), ("noatime", False)])
+def test_unprivileged_noatime_holds(user_env: dict, user_stack: Path, option: str,
+                                    moves: bool) -> None:
+    # Without root no copy of the upper mount carries the policy: noatime still holds
+    # (O_NOATIME opens); relatime is the upper filesystem's own (relatime here).
+    (user_stack / "upper/mine").write_text("mine")
+    os.chown(user_stack / "upper/mine", user_env["uid"], user_env["gid"])
+    os.utime(user_stack / "upper/mine", (1000, 2000))       # atime before mtime
+    with user_mount(user_env, user_stack, "-o", option) as merged:
+        as_user(user_env, "cat", str(merged / "mine"))
+        seen = int(as_user(user_env, "stat", "-c", "%X", str(merged / "mine")).stdout)
+    assert (seen != 1000) == moves
+    assert (os.stat(user_stack / "upper/mine").st_atime != 1000) == moves
