@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from layerspec import build_stack
-from overlayfuse import mounts
+from overlayfuse import KernelOverlay, Overlay, mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -75,11 +75,12 @@ def test_atime_follows_the_mount_option_as_in_the_kernel(make_stack, mount_ofs, 
     results = {}
     for name in ("kernel", "ofs"):
         stack = make_stack(LOWERS, UPPER, name=name)
+        options = tuple(option.split(",")) if option else ()
         if name == "kernel":
-            mount = mounts.kernel_overlay(stack["lowers"], stack["upper"], stack["work"],
-                                          stack["merged"], extra_options=option)
+            mount = KernelOverlay(stack["lowers"], stack["upper"], stack["work"],
+                                  stack["merged"], options=options)
         else:
-            mount = mount_ofs(stack, extra=("-o", option) if option else ())
+            mount = mount_ofs(stack, options=options)
         with mount:
             results[name] = _scenario(stack["merged"], stack["lowers"][0])
     assert results["ofs"] == results["kernel"]
@@ -101,7 +102,7 @@ def test_the_upper_filesystems_own_atime_option_does_not_count(tmp_path: Path, k
         results = {}
         for name in ("kernel", "ofs"):
             stack = build_stack(fs / name, LOWERS, UPPER)
-            mount = (mounts.kernel_overlay if name == "kernel" else mounts.overlayfuse)(
+            mount = (KernelOverlay if name == "kernel" else Overlay)(
                 stack["lowers"], stack["upper"], stack["work"], stack["merged"])
             with mount:
                 results[name] = _scenario(stack["merged"], stack["lowers"][0])

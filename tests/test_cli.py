@@ -182,7 +182,7 @@ def test_upper_or_workdir_in_use_by_a_live_mount(base: Path, tmp_path: Path, cas
     for name in ("u2", "w2", "first"):
         (base / name).mkdir()
     options = f"{prefix}lowerdir={{b}}/l1,upperdir={{b}}/{upper},workdir={{b}}/{work}"
-    with mounts.overlayfuse([base / "l1"], base / "u", base / "w", base / "first"):
+    with Overlay([base / "l1"], base / "u", base / "w", base / "first"):
         before = raw_snapshot(base / "u"), raw_snapshot(base / "w")
         mounts_before = mounts_under(base)
         result = run_cli("-o", options.format(b=base), base / "m")
@@ -192,13 +192,13 @@ def test_upper_or_workdir_in_use_by_a_live_mount(base: Path, tmp_path: Path, cas
         assert mounts_under(base) == mounts_before
         assert (raw_snapshot(base / "u"), raw_snapshot(base / "w")) == before
     # Unmounted, the same mount is fine.
-    with mounts.overlayfuse([base / "l1"], base / upper, base / work, base / "m"):
+    with Overlay([base / "l1"], base / upper, base / work, base / "m"):
         pass
-    if mounts.kernel_overlay_available() is None:
+    if KernelOverlay.unavailable() is None:
         k = tmp_path / "kernel"
         build_layer(k, {"l1/x": "file:x", "u": "dir", "w": "dir", "u2": "dir", "w2": "dir",
                         "first": "dir", "m": "dir"})
-        with mounts.kernel_overlay([k / "l1"], k / "u", k / "w", k / "first", "index=on"):
+        with KernelOverlay([k / "l1"], k / "u", k / "w", k / "first", options=("index=on",)):
             assert kernel_mount_errno(options.format(b=k) + ",index=on", k / "m") == errno.EBUSY
 
 
