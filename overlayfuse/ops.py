@@ -56,12 +56,13 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class OpenFile:
-    __slots__ = ("node", "fd", "layer", "retired")
+    __slots__ = ("node", "fd", "layer", "direct", "retired")
 
-    def __init__(self, node: Node, fd: int, layer: int) -> None:
+    def __init__(self, node: Node, fd: int, layer: int, direct: bool) -> None:
         self.node = node
         self.fd = fd
         self.layer = layer
+        self.direct = direct            # opened O_DIRECT: its writes bypass the page cache
         self.retired: list[int] = []    # fds replaced after a copy-up, closed at release
 
     def close(self) -> None:
@@ -170,9 +171,9 @@ class Operations(pyfuse3.Operations):
         node.nlookup += 1
         return self._entry(node, st)
 
-    def _add_file(self, node: Node, fd: int) -> int:
+    def _add_file(self, node: Node, fd: int, flags: int) -> int:
         fh = self._new_fh()
-        self._files[fh] = OpenFile(node, fd, node.top_layer)
+        self._files[fh] = OpenFile(node, fd, node.top_layer, bool(flags & os.O_DIRECT))
         node.open_files += 1
         return fh
 
@@ -290,14 +291,14 @@ class Operations(pyfuse3.Operations):
         if flags & COPY_UP_FLAGS:
             copy_up, _ = self._writer()
             await copy_up.ensure_upper(node, with_data=not flags & os.O_TRUNC)
-        flags = (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW
+        real_flags = (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW
         if node.top_layer == UPPER and self.tree.writable:
-            fd = os.open(node.name, flags | os.O_CLOEXEC, dir_fd=self.tree.parent_fd(node))
+            fd = os.open(node.name, real_flags | os.O_CLOEXEC, dir_fd=self.tree.parent_fd(node))
         else:
             # Reads through the overlay leave a lower file's atime alone, as in the kernel.
-            fd = open_noatime(node.name, flags, self.tree.parent_fd(node))
+            fd = open_noatime(node.name, real_flags, self.tree.parent_fd(node))
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)    # a larger readahead
-        return pyfuse3.FileInfo(fh=self._add_file(node, fd), keep_cache=True)
+        return pyfuse3.FileInfo(fh=self._add_file(node, fd, flags), keep_cache=True)
 
     @_edge
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -305,12 +306,21 @@ class Operations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         _, namespace = self._writer()
         node, st, fd = namespace.create(self._node(parent_inode), name, mode, self._caller(ctx))
-        return pyfuse3.FileInfo(fh=self._add_file(node, fd), keep_cache=True), \
+        return pyfuse3.FileInfo(fh=self._add_file(node, fd, flags), keep_cache=True), \
             self._reply_new(node, st)
 
     @_edge
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return os.pwrite(self._files[fh].fd, buf, off)
+        handle = self._files[fh]
+        written = os.pwrite(handle.fd, buf, off)
+        if handle.direct:
+            # The kernel drops the cached pages of the range before it sends a direct write,
+            # but after an asynchronous one (aio, io_uring) not again: a buffered reader may
+            # have cached the old data in between. They are dropped here, before the reply
+            # completes the write; from a worker thread, because the kernel waits for pages
+            # locked by reads that this loop has yet to answer.
+            await trio.to_thread.run_sync(_invalidate_data, handle.node.ino)
+        return written
 
     @_edge
     async def read(self, fh: int, off: int, size: int) -> memoryview:
@@ -504,6 +514,13 @@ class Operations(pyfuse3.Operations):
         _, namespace = self._writer()
         await namespace.rename(self._node(parent_inode_old), name_old,
                                self._node(parent_inode_new), name_new, flags)
+
+
+def _invalidate_data(ino: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino)
+    except OSError:
+        pass    # the kernel does not hold this inode (ENOENT): nothing is cached
 
 
 def _read_into(fd: int, buffer: memoryview, offset: int) -> int:
