@@ -73,6 +73,7 @@ class OpenFile:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
+    enable_acl = True
 
     def __init__(self, tree: Tree, timeout: float = 3600.0, debug: bool = False,
                  uids: IdMap | None = None, gids: IdMap | None = None) -> None:
