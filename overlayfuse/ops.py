@@ -174,7 +174,10 @@ class Operations(pyfuse3.Operations):
 
     def _add_file(self, node: Node, fd: int, flags: int) -> int:
         fh = self._new_fh()
-        self._files[fh] = OpenFile(node, fd, node.top_layer, bool(flags & os.O_DIRECT))
+        direct = bool(flags & os.O_DIRECT)
+        self._files[fh] = OpenFile(node, fd, node.top_layer, direct)
+        if not direct:
+            node.may_be_cached = True
         node.open_files += 1
         return fh
 
@@ -314,13 +317,16 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._files[fh]
         written = os.pwrite(handle.fd, buf, off)
-        if handle.direct:
+        node = handle.node
+        if handle.direct and node.may_be_cached:
             # The kernel drops the cached pages of the range before it sends a direct write,
             # but after an asynchronous one (aio, io_uring) not again: a buffered reader may
             # have cached the old data in between. They are dropped here, before the reply
             # completes the write; from a worker thread, because the kernel waits for pages
             # locked by reads that this loop has yet to answer.
-            await trio.to_thread.run_sync(_invalidate_data, handle.node.ino)
+            if not any(f.node is node and not f.direct for f in self._files.values()):
+                node.may_be_cached = False     # until a buffered handle opens (also meanwhile)
+            await trio.to_thread.run_sync(_invalidate_data, node.ino)
         return written
 
     @_edge
