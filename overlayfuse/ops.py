@@ -172,9 +172,8 @@ class Operations(pyfuse3.Operations):
         node.nlookup += 1
         return self._entry(node, st)
 
-    def _add_file(self, node: Node, fd: int, flags: int) -> int:
+    def _add_file(self, node: Node, fd: int, direct: bool) -> int:
         fh = self._new_fh()
-        direct = bool(flags & os.O_DIRECT)
         self._files[fh] = OpenFile(node, fd, node.top_layer, direct)
         if not direct:
             node.may_be_cached = True
@@ -295,14 +294,15 @@ class Operations(pyfuse3.Operations):
         if flags & COPY_UP_FLAGS:
             copy_up, _ = self._writer()
             await copy_up.ensure_upper(node, with_data=not flags & os.O_TRUNC)
-        real_flags = (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW
+        direct = bool(flags & os.O_DIRECT)
+        flags = (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW
         if node.top_layer == UPPER and self.tree.writable:
-            fd = os.open(node.name, real_flags | os.O_CLOEXEC, dir_fd=self.tree.parent_fd(node))
+            fd = os.open(node.name, flags | os.O_CLOEXEC, dir_fd=self.tree.parent_fd(node))
         else:
             # Reads through the overlay leave a lower file's atime alone, as in the kernel.
-            fd = open_noatime(node.name, real_flags, self.tree.parent_fd(node))
+            fd = open_noatime(node.name, flags, self.tree.parent_fd(node))
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)    # a larger readahead
-        return pyfuse3.FileInfo(fh=self._add_file(node, fd, flags), keep_cache=True)
+        return pyfuse3.FileInfo(fh=self._add_file(node, fd, direct), keep_cache=True)
 
     @_edge
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -310,7 +310,8 @@ class Operations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         _, namespace = self._writer()
         node, st, fd = namespace.create(self._node(parent_inode), name, mode, self._caller(ctx))
-        return pyfuse3.FileInfo(fh=self._add_file(node, fd, flags), keep_cache=True), \
+        return pyfuse3.FileInfo(fh=self._add_file(node, fd, bool(flags & os.O_DIRECT)),
+                                keep_cache=True), \
             self._reply_new(node, st)
 
     @_edge
