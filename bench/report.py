@@ -363,10 +363,11 @@ def document(results: dict[str, Any], png: str | None) -> str:
         "*missing names* are the whited-out names plus names that never existed; *small-file "
         "reads* open and read every 5th visible file; *create* is open(O_CREAT|O_EXCL), write "
         "1 KiB, close, spread over existing lower dirs (so their copy-up is included); "
-        "*copy-up* opens with O_APPEND and writes one byte; *unlink* removes lower files, "
-        "leaving whiteouts. Write phases are not followed by a sync: their data may still be "
-        "in the page cache when the clock stops (overlayfuse and the kernel fsync a copied-up "
-        "file).",
+        "*small writes* are 8-byte `write` calls to one new file opened O_APPEND, then a "
+        "close (a logger's pattern); *copy-up* opens with O_APPEND and writes one byte; "
+        "*unlink* removes lower files, leaving whiteouts. Write phases are not followed by "
+        "a sync: their data may still be in the page cache when the clock stops (overlayfuse "
+        "and the kernel fsync a copied-up file).",
         "- **Memory**: the daemon's VmRSS and open fds are read from /proc/PID after each timed "
         f"step; separately, one mount is walked {REPEAT_WALKS} times with the caches dropped "
         "before each walk (so the kernel forgets the inodes and the daemon sees them again).",

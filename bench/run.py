@@ -38,6 +38,7 @@ FULL = {
     "scale_files": (10_000, 100_000),
     "scale_rounds": 3,
     "scale_rounds_large": 1,    # the 100k-file stacks: one round (they take minutes each)
+    "small_writes": 100_000,
 }
 QUICK = {
     "main": MainSpec(dirs=20, files=25, big_mib=16, missing_per_dir=10, copyup=100, unlink=100,
@@ -48,6 +49,7 @@ QUICK = {
     "scale_rounds": 1,
     "scale_rounds_large": 1,
     "scale_dirs": 20,
+    "small_writes": 5_000,
 }
 
 
@@ -144,7 +146,8 @@ class Bench:
             for step in phase.steps:
                 if step.drop_before:
                     self.drop_caches()
-                out = self.worker(step.op, m.mnt, stack, step.names, step.passes)
+                extra = {"writes": self.config["small_writes"]} if step.op == "appends" else {}
+                out = self.worker(step.op, m.mnt, stack, step.names, step.passes, **extra)
                 self.check(impl, step, stack, out)
                 if step.metric is None or "fatal" in out:
                     continue

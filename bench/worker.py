@@ -127,6 +127,26 @@ def op_create(paths: list[str], request: dict[str, Any]) -> dict[str, Any]:
     return {"count": len(paths), "errors": errors}
 
 
+def op_appends(paths: list[str], request: dict[str, Any]) -> dict[str, Any]:
+    """Many tiny writes to one new file opened O_APPEND, as a logger makes them; then close,
+    which is when a writeback cache must have passed every byte on."""
+    count = int(request["writes"])
+    record = b"%07d\n"
+    path = os.path.join(request["root"], "small-writes.log")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    errors = 0
+    try:
+        for i in range(count):
+            try:
+                os.write(fd, record % (i % 10_000_000))
+            except OSError:
+                errors += 1
+    finally:
+        os.close(fd)
+    size = os.stat(path).st_size
+    return {"count": count, "bytes": size, "errors": errors + (size != 8 * count)}
+
+
 def op_copyup(paths: list[str], request: dict[str, Any]) -> dict[str, Any]:
     """Append one byte: the open for writing copies the whole file up, as a writer would."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
@@ -158,7 +178,8 @@ def op_unlink(paths: list[str], request: dict[str, Any]) -> dict[str, Any]:
 
 OPS: dict[str, Callable[[list[str], dict[str, Any]], dict[str, Any]]] = {
     "stat": op_stat, "readdir": op_readdir, "walk": op_walk, "read": op_read,
-    "seqread": op_seqread, "create": op_create, "copyup": op_copyup, "unlink": op_unlink,
+    "seqread": op_seqread, "create": op_create, "appends": op_appends, "copyup": op_copyup,
+    "unlink": op_unlink,
 }
 
 

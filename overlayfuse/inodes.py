@@ -43,6 +43,8 @@ class Node:
     open_files: int = 0
     orphan_fd: int | None = None    # an fd kept on a removed object the kernel still uses
     copy_up_done: object = None     # a trio.Event while a copy-up is staging
+    may_be_cached: bool = False     # a handle without O_DIRECT was opened: the kernel may
+                                    # hold its data in the page cache
 
     @property
     def top_layer(self) -> int:

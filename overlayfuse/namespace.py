@@ -13,13 +13,16 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import acls
 from .copyup import CopyUp
 from .inodes import Node, UpperDirState
 from .layers import empty_directory
 from .syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
 from .tree import NAME_MAX, UPPER, Found, Tree
-from .whiteout import is_reserved_name, is_whiteout, make_whiteout, set_opaque
+from .whiteout import is_reserved_name, is_whiteout, make_whiteout, proc_path, set_opaque
 
+# (uid, gid, mode, what a default ACL of the parent passes on) of a new object
+Owner = tuple[int, int, int, acls.Inherited | None]
 
 
 @dataclass(frozen=True)
@@ -66,36 +69,52 @@ class Namespace:
                 return False
         return False
 
-    def _owner(self, parent: Node, caller: Caller, mode: int) -> tuple[int, int, int]:
-        """(uid, gid, mode) of a new object: a setgid directory passes on its group (and, to
-        directories, its setgid bit)."""
+    def _owner(self, parent: Node, caller: Caller, mode: int) -> Owner:
+        """Owner, mode and ACLs of a new object: a setgid directory passes on its group (and,
+        to directories, its setgid bit); a default ACL passes on permissions, which also
+        limit the mode."""
         self.copy_up.directory(parent)     # callers have checked the new name already
-        parent_st = os.stat(self.tree.dir_fd(parent, UPPER))
+        parent_fd = self.tree.dir_fd(parent, UPPER)
+        parent_st = os.stat(parent_fd)
         gid = caller.gid
         if parent_st.st_mode & stat.S_ISGID:
             gid = parent_st.st_gid
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
-        return caller.uid, gid, mode
+        inherited = None
+        if not stat.S_ISLNK(mode):
+            default_acl = acls.read_default(proc_path(parent_fd)[0])
+            if default_acl is not None:
+                inherited = acls.inherit(default_acl, mode)
+                mode = inherited.mode
+        return caller.uid, gid, mode, inherited
 
-    def _set_owner(self, temp: bytes, uid: int, gid: int, mode: int) -> None:
-        """Owner and mode of a new object in the work dir. It was made with its mode already:
-        a chown (which clears setuid bits) or the umask may call for a chmod after it."""
+    def _set_owner(self, temp: bytes, uid: int, gid: int, mode: int,
+                   inherited: acls.Inherited | None) -> None:
+        """Owner, mode and ACLs of a new object in the work dir. It was made with its mode
+        already: a chown (which clears setuid bits), the umask or an ACL may call for a chmod
+        after it."""
         work = self.work.fd
         chowned = (uid, gid) != (self.euid, self.egid)
         if chowned:
             os.chown(temp, uid, gid, dir_fd=work, follow_symlinks=False)
+        if inherited is not None:
+            path = proc_path(work, temp)[0]
+            for name, value in ((acls.ACCESS, inherited.access),
+                                (acls.DEFAULT, inherited.default)):
+                if value is not None:
+                    os.setxattr(path, name, value, follow_symlinks=False)
         # Bits the creation may have dropped: the umask's, setgid (mkdir takes it from the
-        # parent, not the mode), and setuid once chowned.
+        # parent, not the mode), and setuid once chowned; or the mode an ACL limits.
         dropped = self.umask | stat.S_ISGID | (stat.S_ISUID if chowned else 0)
-        if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & dropped:
+        if not stat.S_ISLNK(mode) and (stat.S_IMODE(mode) & dropped or inherited is not None):
             os.chmod(temp, stat.S_IMODE(mode), dir_fd=work)
 
     def _place(self, parent: Node, name: bytes, make: Callable[[int, bytes], None],
-               owner: tuple[int, int, int] | None, directory: bool = False
+               owner: Owner | None, directory: bool = False
                ) -> tuple[os.stat_result, bool]:
         """Make an object in the work dir, give it its owner, and move it to `name` in the
-        upper copy of `parent`, replacing a whiteout there. `owner` is (uid, gid, mode).
+        upper copy of `parent`, replacing a whiteout there. `owner` comes from `_owner`.
         Returns its stat, and whether it replaced a whiteout (a directory then is opaque).
         The caller has checked the name."""
         self.copy_up.directory(parent)

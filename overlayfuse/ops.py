@@ -56,12 +56,13 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class OpenFile:
-    __slots__ = ("node", "fd", "layer", "retired")
+    __slots__ = ("node", "fd", "layer", "direct", "retired")
 
-    def __init__(self, node: Node, fd: int, layer: int) -> None:
+    def __init__(self, node: Node, fd: int, layer: int, direct: bool) -> None:
         self.node = node
         self.fd = fd
         self.layer = layer
+        self.direct = direct            # opened O_DIRECT: its writes bypass the page cache
         self.retired: list[int] = []    # fds replaced after a copy-up, closed at release
 
     def close(self) -> None:
@@ -72,6 +73,7 @@ class OpenFile:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
+    enable_acl = True
 
     def __init__(self, tree: Tree, timeout: float = 3600.0, debug: bool = False,
                  uids: IdMap | None = None, gids: IdMap | None = None) -> None:
@@ -171,9 +173,11 @@ class Operations(pyfuse3.Operations):
         node.nlookup += 1
         return self._entry(node, st)
 
-    def _add_file(self, node: Node, fd: int) -> int:
+    def _add_file(self, node: Node, fd: int, direct: bool) -> int:
         fh = self._new_fh()
-        self._files[fh] = OpenFile(node, fd, node.top_layer)
+        self._files[fh] = OpenFile(node, fd, node.top_layer, direct)
+        if not direct:
+            node.may_be_cached = True
         node.open_files += 1
         return fh
 
@@ -291,6 +295,7 @@ class Operations(pyfuse3.Operations):
         if flags & COPY_UP_FLAGS:
             copy_up, _ = self._writer()
             await copy_up.ensure_upper(node, with_data=not flags & os.O_TRUNC)
+        direct = bool(flags & os.O_DIRECT)
         flags = (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW
         atime = self.tree.stack.atime
         keep_cache = True
@@ -303,7 +308,7 @@ class Operations(pyfuse3.Operations):
             # Reads through the overlay leave a lower file's atime alone, as in the kernel.
             fd = open_noatime(node.name, flags, self.tree.parent_fd(node))
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)    # a larger readahead
-        return pyfuse3.FileInfo(fh=self._add_file(node, fd), keep_cache=keep_cache)
+        return pyfuse3.FileInfo(fh=self._add_file(node, fd, direct), keep_cache=keep_cache)
 
     @_edge
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -311,12 +316,25 @@ class Operations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         _, namespace = self._writer()
         node, st, fd = namespace.create(self._node(parent_inode), name, mode, self._caller(ctx))
-        return pyfuse3.FileInfo(fh=self._add_file(node, fd), keep_cache=True), \
+        return pyfuse3.FileInfo(fh=self._add_file(node, fd, bool(flags & os.O_DIRECT)),
+                                keep_cache=True), \
             self._reply_new(node, st)
 
     @_edge
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return os.pwrite(self._files[fh].fd, buf, off)
+        handle = self._files[fh]
+        written = os.pwrite(handle.fd, buf, off)
+        node = handle.node
+        if handle.direct and node.may_be_cached:
+            # The kernel drops the cached pages of the range before it sends a direct write,
+            # but after an asynchronous one (aio, io_uring) not again: a buffered reader may
+            # have cached the old data in between. They are dropped here, before the reply
+            # completes the write; from a worker thread, because the kernel waits for pages
+            # locked by reads that this loop has yet to answer.
+            if not any(f.node is node and not f.direct for f in self._files.values()):
+                node.may_be_cached = False     # until a buffered handle opens (also meanwhile)
+            await trio.to_thread.run_sync(_invalidate_data, node.ino)
+        return written
 
     @_edge
     async def read(self, fh: int, off: int, size: int) -> memoryview:
@@ -510,6 +528,13 @@ class Operations(pyfuse3.Operations):
         _, namespace = self._writer()
         await namespace.rename(self._node(parent_inode_old), name_old,
                                self._node(parent_inode_new), name_new, flags)
+
+
+def _invalidate_data(ino: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino)
+    except OSError:
+        pass    # the kernel does not hold this inode (ENOENT): nothing is cached
 
 
 def _read_into(fd: int, buffer: memoryview, offset: int) -> int:
