@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
-from dataclasses import dataclass
+from collections import namedtuple
 
 from .errors import MountError
 from .options import MountOptions
@@ -21,26 +20,30 @@ TRUSTED_PREFIX = b"trusted.overlay."
 USER_PREFIX = b"user.overlay."
 
 
-@dataclass(frozen=True)
-class Layer:
-    index: int          # 0 is the top of the stack
-    path: str
-    fd: int             # O_PATH fd on the layer root
-    dev: int
-    ino: int
-    writable: bool
+class Layer(namedtuple("Layer", "index path fd dev ino writable")):
+    """One layer: its index (0 is the top of the stack), its path, an O_PATH fd on its root
+    with that root's st_dev and st_ino, and whether it is the writable upper layer."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
 class Stack:
-    layers: tuple[Layer, ...]       # top first: the upper (if any), then the lowers
-    upper: Layer | None
-    work_fd: int | None             # O_PATH fd on workdir/work, the copy-up staging area
-    mountpoint: str
-    single_fs: bool                 # all layers share one filesystem: real inode numbers are unique
-    forbidden: frozenset[tuple[int, int]]   # upper and work roots seen inside a lower: ELOOP
-    xattr_prefix: bytes             # namespace of the markers we write: trusted.overlay. or user.overlay.
-    volatile: bool
+    """The layers of one mount, opened and checked. Built once, by open_stack."""
+
+    __slots__ = ("layers", "upper", "work_fd", "mountpoint", "single_fs", "forbidden",
+                 "xattr_prefix", "volatile")
+
+    def __init__(self, *, layers: tuple[Layer, ...], upper: Layer | None, work_fd: int | None,
+                 mountpoint: str, single_fs: bool, forbidden: frozenset[tuple[int, int]],
+                 xattr_prefix: bytes, volatile: bool) -> None:
+        self.layers = layers            # top first: the upper (if any), then the lowers
+        self.upper = upper
+        self.work_fd = work_fd          # O_PATH fd on workdir/work, the copy-up staging area
+        self.mountpoint = mountpoint
+        self.single_fs = single_fs      # one filesystem for all: real inode numbers are unique
+        self.forbidden = forbidden      # upper and work roots seen inside a lower: ELOOP
+        self.xattr_prefix = xattr_prefix    # our markers' namespace: trusted. or user.overlay.
+        self.volatile = volatile
 
     @property
     def read_only(self) -> bool:
@@ -85,9 +88,12 @@ def check_environment() -> None:
                          "/dev/fuse")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise MountError(errno.EACCES, "no read/write access to the FUSE device", "/dev/fuse")
-    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
-        raise MountError(errno.ENOENT, "fusermount3 not found in PATH (install fuse3)",
-                         "fusermount3")
+    if os.geteuid() != 0:
+        import shutil   # here and in empty_directory only: a mount by root does without it
+
+        if shutil.which("fusermount3") is None:
+            raise MountError(errno.ENOENT, "fusermount3 not found in PATH (install fuse3)",
+                             "fusermount3")
 
 
 def validate(options: MountOptions) -> set[tuple[int, int]]:
@@ -234,6 +240,7 @@ def empty_directory(dir_fd: int) -> None:
         os.close(readable)
     for name, is_dir in names:
         if is_dir:
+            import shutil
             shutil.rmtree(name, dir_fd=dir_fd)
         else:
             os.unlink(name, dir_fd=dir_fd)
