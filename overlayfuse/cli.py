@@ -63,12 +63,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _missing_runtime() -> str | None:
-    """The first module of the FUSE runtime that cannot be found. Only looked for, not
-    loaded: loading is the daemon's, once the command has returned."""
-    from importlib.util import find_spec
-
+    """The first module of the FUSE runtime that no importer can find. Only looked for, not
+    loaded: loading it is the daemon's, once the command has returned. (What
+    importlib.util.find_spec does, without loading importlib.util.)"""
     for name in ("pyfuse3", "trio"):
-        if find_spec(name) is None:
+        if name in sys.modules:
+            found = sys.modules[name] is not None
+        else:
+            found = any(finder.find_spec(name, None) is not None for finder in sys.meta_path
+                        if hasattr(finder, "find_spec"))
+        if not found:
             return name
     return None
 
