@@ -1,5 +1,6 @@
 """Mounting overlays for tests, benchmarks and the comparison tool: overlayfuse in a child
-process, kernel overlayfs, or any command; each always unmounted by the context manager."""
+process or kernel overlayfs, each always unmounted by the context manager; and the checks and
+unmounts they share."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 MOUNT_WAIT = 20.0
 
@@ -117,9 +117,3 @@ def kernel_overlay_available() -> str | None:
         if not any(line.split()[-1] == "overlay" for line in filesystems):
             return "kernel overlayfs is not available"
     return None
-
-
-def run_detached(command: Sequence[str], merged: os.PathLike[str] | str) -> None:
-    """Run a mount command that daemonizes (like fuse-overlayfs) and wait for the mount."""
-    subprocess.run(list(command), check=True, capture_output=True, stdin=subprocess.DEVNULL)
-    wait_mounted(Path(merged))
