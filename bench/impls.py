@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlayfuse import mounts
+from overlayfuse import KernelOverlay, mounts
 
 OVERLAYFUSE = "overlayfuse"
 FUSE_OVERLAYFS = "fuse-overlayfs"
@@ -37,7 +37,7 @@ def available() -> dict[str, str | None]:
     reasons: dict[str, str | None] = {OVERLAYFUSE: None}
     reasons[FUSE_OVERLAYFS] = None if shutil.which("fuse-overlayfs") else \
         "fuse-overlayfs is not installed"
-    reasons[KERNEL] = mounts.kernel_overlay_available()
+    reasons[KERNEL] = KernelOverlay.unavailable()
     return reasons
 
 

@@ -53,18 +53,32 @@ def check(condition: bool, what: str) -> None:
         raise DemoError(f"unexpected result: {what}")
 
 
-def _markers(path: Path) -> list[str]:
-    """The overlay marker xattrs on `path` (not following a symlink)."""
+def markers(path: Path) -> dict[str, bytes]:
+    """The overlay marker xattrs on `path` (not following a symlink), by name."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
-        return []
-    shown = []
-    for name in sorted(names):
-        if name.startswith(MARKER_PREFIXES):
-            value = os.getxattr(path, name, follow_symlinks=False)
-            shown.append(f"{name}={value.decode(errors='replace')}")
-    return shown
+        return {}
+    return {name: os.getxattr(path, name, follow_symlinks=False)
+            for name in sorted(names) if name.startswith(MARKER_PREFIXES)}
+
+
+def marker_meaning(name: str, value: bytes) -> str:
+    """What one marker says, for a reader: its values are flags, paths or binary handles,
+    so each kind is shown by its meaning, never as raw bytes."""
+    kind = name.rsplit(".", 1)[-1]
+    if kind == "opaque" and value == b"y":
+        return f"<- opaque dir ({name}=y): hides the dirs below it"
+    if kind == "origin":
+        return (f"<- copied up ({name}: a {len(value)}-byte file handle of the lower "
+                "original, which keeps the inode number the same)")
+    if kind == "impure":
+        return f"<- impure dir ({name}): holds copied-up or renamed entries"
+    if kind == "redirect":
+        return f"<- renamed dir ({name}: merged with '{value.decode(errors='replace')}' below)"
+    if kind == "metacopy":
+        return f"<- metadata-only copy ({name}: the data is still read from below)"
+    return f"<- overlay marker {name} ({len(value)} bytes)"
 
 
 def _content(path: Path, st: os.stat_result) -> str:
@@ -97,9 +111,7 @@ def describe(path: Path, st: os.stat_result, raw: bool) -> str:
     elif raw and path.name.startswith(".wh."):
         notes.append(f"<- OCI whiteout: hides '{path.name[4:]}' in the layers below")
     if raw:
-        markers = _markers(path)
-        if markers:
-            notes.append("[" + ", ".join(markers) + "] <- opaque dir")
+        notes.extend(marker_meaning(name, value) for name, value in markers(path).items())
     content = _content(path, st)
     if content:
         notes.insert(0, content)
@@ -348,7 +360,7 @@ def tour(paths: dict[str, Path]) -> None:
     say(f"  ls merged/cache  ->  {' '.join(cache) or '(empty)'}   although lower2/cache "
         f"still holds {' '.join(sorted(os.listdir(lower2 / 'cache')))}")
     check(cache == [], "the new merged/cache should be empty")
-    check(bool(_markers(upper / "cache")), "upper/cache should be marked opaque")
+    check(markers(upper / "cache").get(OPAQUE) == b"y", "upper/cache should be marked opaque")
 
     heading("7. The upper dir now (kernel overlayfs reads this format too)")
     show_layer("upper", upper)

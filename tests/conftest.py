@@ -4,11 +4,14 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from layerspec import build_stack
-from overlayfuse import mounts
+from overlayfuse import KernelOverlay, Overlay, mounts
+
+pytest_plugins = ["pytester"]
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -23,40 +26,35 @@ def make_stack(tmp_path: Path) -> Callable[..., dict]:
 
 
 @pytest.fixture
-def mount_ofs(tmp_path: Path) -> Callable[..., contextlib.AbstractContextManager]:
-    """mount_ofs(stack, read_only=False, extra=()) mounts overlayfuse on stack["merged"]."""
-    def mount(stack: dict, read_only: bool = False, extra: tuple[str, ...] = ()
-              ) -> contextlib.AbstractContextManager:
-        return mounts.overlayfuse(stack["lowers"], None if read_only else stack["upper"],
-                                  stack["work"], stack["merged"], extra=extra,
-                                  log_file=tmp_path / "overlayfuse.log")
+def mount_ofs(tmp_path: Path) -> Callable[..., Overlay]:
+    """mount_ofs(stack, read_only=False, **options) gives an Overlay of stack["merged"]
+    (without the upper dir when read_only), to use in a `with`; `options` are Overlay's."""
+    def mount(stack: dict, read_only: bool = False, **options: Any) -> Overlay:
+        upper, work = (None, None) if read_only else (stack["upper"], stack["work"])
+        return Overlay(stack["lowers"], upper, work, stack["merged"],
+                       log_file=tmp_path / "overlayfuse.log", **options)
     return mount
 
 
 @pytest.fixture
 def kernel_available() -> None:
-    reason = mounts.kernel_overlay_available()
+    reason = KernelOverlay.unavailable()
     if reason is not None:
         pytest.skip(reason)
 
 
 @pytest.fixture
-def mount_kernel(kernel_available: None) -> Callable[..., contextlib.AbstractContextManager]:
-    def mount(stack: dict, read_only: bool = False) -> contextlib.AbstractContextManager:
-        lowers = stack["lowers"]
-        if read_only and len(lowers) == 1:
-            # The kernel wants two lowerdirs for a read-only mount; an empty one changes nothing.
-            empty = stack["base"] / "empty-lower"
-            empty.mkdir(exist_ok=True)
-            lowers = [*lowers, empty]
-        return mounts.kernel_overlay(lowers, None if read_only else stack["upper"],
-                                     stack["work"], stack["merged"])
+def mount_kernel(kernel_available: None) -> Callable[..., KernelOverlay]:
+    def mount(stack: dict, read_only: bool = False) -> KernelOverlay:
+        upper, work = (None, None) if read_only else (stack["upper"], stack["work"])
+        return KernelOverlay(stack["lowers"], upper, work, stack["merged"])
     return mount
 
 
 @pytest.fixture
-def both(make_stack: Callable[..., dict], mount_ofs: Callable[..., object],
-         mount_kernel: Callable[..., object]) -> Callable[..., contextlib.AbstractContextManager]:
+def both(make_stack: Callable[..., dict], mount_ofs: Callable[..., Overlay],
+         mount_kernel: Callable[..., KernelOverlay]
+         ) -> Callable[..., contextlib.AbstractContextManager]:
     """both(lowers, upper=None, read_only=False) builds the same stack twice and mounts kernel
     overlayfs on one and overlayfuse on the other; yields (kernel_stack, ofs_stack)."""
     @contextlib.contextmanager
@@ -133,13 +131,14 @@ def _layer_digest(root: Path, skip: set[tuple[int, int]]) -> str:
 
 @pytest.fixture(autouse=True)
 def lowers_never_modified() -> Iterator[None]:
-    """Every overlayfuse mounted through mounts.overlayfuse (mount_ofs, both, and direct
-    calls): each lower layer is hashed at mount time and again after the unmount; a difference
-    fails the test (in its teardown). Access times are the only thing allowed to change."""
-    real_overlayfuse = mounts.overlayfuse
+    """Every Overlay (mount_ofs, both, and direct uses): each lower layer is hashed at mount
+    time and again after the unmount; a difference fails the test (in its teardown). Access
+    times are the only thing allowed to change."""
+    real_mount, real_unmount = Overlay.mount, Overlay.unmount
+    digests: dict[int, tuple[set[tuple[int, int]], dict[Path, str]]] = {}
     changed: list[str] = []
 
-    def ids(*paths: object) -> set[tuple[int, int]]:
+    def ids(*paths: Path | None) -> set[tuple[int, int]]:
         found = set()
         for path in paths:
             with contextlib.suppress(OSError, TypeError):
@@ -147,26 +146,36 @@ def lowers_never_modified() -> Iterator[None]:
                 found.add((st.st_dev, st.st_ino))
         return found
 
-    @contextlib.contextmanager
-    def checked(lowers, upper, work, merged, *args, **kwargs):  # type: ignore[no-untyped-def]
-        skip = ids(upper, work)
+    def mount(overlay: Overlay) -> Overlay:
+        skip = ids(overlay.upper, overlay.workdir)
         before = {}
-        for lower in lowers:
+        for lower in overlay.lowers:
             with contextlib.suppress(OSError):
-                before[str(lower)] = _layer_digest(Path(lower), skip)
+                before[lower] = _layer_digest(lower, skip)
+        digests[id(overlay)] = (skip, before)
         try:
-            with real_overlayfuse(lowers, upper, work, merged, *args, **kwargs) as process:
-                yield process
+            return real_mount(overlay)  # type: ignore[return-value]
+        except BaseException:
+            compare(overlay)            # a refused mount must not have written either
+            raise
+
+    def unmount(overlay: Overlay) -> None:
+        try:
+            real_unmount(overlay)
         finally:
-            for lower, digest in before.items():
-                if _layer_digest(Path(lower), skip) != digest:
-                    changed.append(lower)
+            compare(overlay)
+
+    def compare(overlay: Overlay) -> None:
+        skip, before = digests.pop(id(overlay), (set(), {}))
+        for lower, digest in before.items():
+            if _layer_digest(lower, skip) != digest:
+                changed.append(str(lower))
 
     # Patched by hand, not with the monkeypatch fixture: that would make the test's own
     # monkeypatch undo its patches only after the test's other fixtures were torn down.
-    mounts.overlayfuse = checked  # type: ignore[assignment]
+    Overlay.mount, Overlay.unmount = mount, unmount  # type: ignore[method-assign]
     try:
         yield
     finally:
-        mounts.overlayfuse = real_overlayfuse  # type: ignore[assignment]
+        Overlay.mount, Overlay.unmount = real_mount, real_unmount  # type: ignore[method-assign]
     assert not changed, f"lower layers were modified while mounted: {changed}"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from layerspec import build_layer, raw_snapshot
-from overlayfuse import __version__, cli, fusedev, layers, mounts
+from overlayfuse import KernelOverlay, Overlay, __version__, cli, fusedev, layers, mounts
 from overlayfuse.errors import MountError, UsageError
 from overlayfuse.options import (IdMapping, default_workdir, parse_args, split_escaped,
                                  split_option_string)
@@ -161,7 +161,7 @@ def test_mount_time_error(base: Path, case: str) -> None:
         needles.append(path.format(b=base))
     assert_refused(result, base, before, mounts_before, *needles)
     # The same options given to kernel overlayfs fail with the same errno.
-    if mounts.kernel_overlay_available() is None:
+    if KernelOverlay.unavailable() is None:
         assert kernel_mount_errno(options, target) == code
 
 
@@ -524,6 +524,6 @@ def test_layer_path_with_a_colon_mounts(tmp_path: Path) -> None:
     for d in (upper, work, merged):
         d.mkdir()
     # mounts.overlayfuse escapes the ':' as '\:'.
-    with mounts.overlayfuse([lower, tmp_path / "other"], upper, work, merged):
+    with Overlay([lower, tmp_path / "other"], upper, work, merged):
         assert sorted(os.listdir(merged)) == ["f", "g"]
         assert (merged / "f").read_text() == "colon"

@@ -31,7 +31,7 @@ import pytest
 
 from hardening import SOAK
 from layerspec import snapshot
-from overlayfuse import mounts
+from overlayfuse import KernelOverlay, Overlay
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -253,8 +253,10 @@ def test_concurrent_workers_see_no_corruption(make_stack, kernel_available,
     script = tmp_path / "worker.py"
     script.write_text(WORKER % {"shared": SHARED})
     log = tmp_path / "daemon.log"
-    with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
-                            log_file=log) as daemon:
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
+                 log_file=log) as overlay:
+        daemon = overlay.process
+        assert daemon is not None
         workers = [subprocess.Popen([sys.executable, str(script), str(stack["merged"]), str(w),
                                      str(SEED), str(SECONDS), str(tmp_path / f"w{w}.json")])
                    for w in range(WORKERS)]
@@ -287,9 +289,9 @@ def test_concurrent_workers_see_no_corruption(make_stack, kernel_available,
         assert os.listdir(stack["work"] / "work") == []
         before = snapshot(merged)
     assert "Traceback" not in log.read_text()
-    with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
         assert snapshot(stack["merged"]) == before
-    with mounts.kernel_overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
+    with KernelOverlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
         assert snapshot(stack["merged"]) == before
     summary = {}
     for report in reports:
@@ -327,8 +329,10 @@ def test_two_processes_copying_up_the_same_file_get_one_copy(make_stack,
     script = tmp_path / "copier.py"
     script.write_text(COPIER)
     overlapped = 0
-    with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
-                            log_file=tmp_path / "daemon.log") as daemon:
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
+                 log_file=tmp_path / "daemon.log") as overlay:
+        daemon = overlay.process
+        assert daemon is not None
         for index in range(rounds):
             go = tmp_path / f"go{index}"
             path = stack["merged"] / f"big{index}"

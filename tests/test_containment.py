@@ -23,7 +23,7 @@ import pytest
 
 from hardening import errno_of, full_snapshot, make_canary, tmpfs
 from layerspec import build_layer, raw_snapshot, snapshot
-from overlayfuse import mounts
+from overlayfuse import KernelOverlay, Overlay, mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -186,10 +186,10 @@ def test_symlinked_layer_roots_and_parents(make_stack, mount_kernel, canary,
         os.symlink(stack["work"], links / "work")
         link_lowers = [links / "top2", links / "alias" / "lower1"]
         before_links = full_snapshot(links, atime=False)  # resolving reads a link
-        context = (mounts.kernel_overlay(link_lowers, links / "upper", links / "work",
-                                         stack["merged"]) if who == "kernel"
-                   else mounts.overlayfuse(link_lowers, links / "upper", links / "work",
-                                           stack["merged"]))
+        context = (KernelOverlay(link_lowers, links / "upper", links / "work",
+                                 stack["merged"]) if who == "kernel"
+                   else Overlay(link_lowers, links / "upper", links / "work",
+                                stack["merged"]))
         with context:
             first = snapshot(stack["merged"])
             hostile_operations(stack["merged"])
@@ -385,11 +385,12 @@ def test_mountpoint_inside_a_lower_layer(make_stack, kernel_available, tmp_path:
     for who in ("kernel", "ofs"):
         stack = make_stack([{"f": "file:f", "mnt/under": "file:under"}], name=who)
         mountpoint = stack["lowers"][0] / "mnt"
-        context = (mounts.kernel_overlay(stack["lowers"], stack["upper"], stack["work"],
-                                         mountpoint) if who == "kernel"
-                   else mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"],
-                                           mountpoint))
-        with context as process:
+        context = (KernelOverlay(stack["lowers"], stack["upper"], stack["work"],
+                                 mountpoint) if who == "kernel"
+                   else Overlay(stack["lowers"], stack["upper"], stack["work"],
+                                mountpoint))
+        with context as overlay:
+            process = getattr(overlay, "process", None)
             probe = subprocess.Popen([sys.executable, "-c", PROBE, str(mountpoint / "mnt")],
                                      stdout=subprocess.PIPE, text=True)
             try:

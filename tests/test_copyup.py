@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from overlayfuse.compare.trees import describe
-from overlayfuse import mounts
+from overlayfuse import Overlay
 
 BIG = 1 << 30
 
@@ -122,12 +122,9 @@ def test_large_copy_up_does_not_stall_other_requests(make_stack, mount_ofs) -> N
 def test_sigkill_during_copy_up_leaves_lower_version(make_stack, tmp_path: Path) -> None:
     stack = make_stack([{"small": "file:s"}])
     lower_sha = _write_random(stack["lowers"][0] / "big", BIG)
-    command = [*mounts.overlayfuse_command(), "-f", "-o",
-               f"lowerdir={stack['lowers'][0]},upperdir={stack['upper']},"
-               f"workdir={stack['work']}", str(stack["merged"])]
-    daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-    try:
-        mounts.wait_mounted(stack["merged"], daemon)
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"]) as overlay:
+        daemon = overlay.process
+        assert daemon is not None
         client = subprocess.Popen([sys.executable, "-c",
                                    f"open({str(stack['merged'] / 'big')!r}, 'ab')"],
                                   stderr=subprocess.DEVNULL)
@@ -142,10 +139,8 @@ def test_sigkill_during_copy_up_leaves_lower_version(make_stack, tmp_path: Path)
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
         client.wait(timeout=30)
-    finally:
-        mounts.stop(daemon, stack["merged"])
     assert not (stack["upper"] / "big").exists()
-    with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
         assert os.listdir(stack["work"] / "work") == []
         assert _sha(stack["merged"] / "big") == lower_sha
     assert _sha(stack["lowers"][0] / "big") == lower_sha

@@ -40,7 +40,7 @@ import pytest
 from conftest import _layer_digest
 from hardening import ENOTCONN_LIKE, SOAK
 from layerspec import raw_snapshot, snapshot
-from overlayfuse import mounts
+from overlayfuse import KernelOverlay, Overlay, mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -184,7 +184,7 @@ def twin_run(stack: dict, rng: random.Random, target: int, target_kind: str
     twin_work.mkdir()
     twin_merged.mkdir(exist_ok=True)
     ops, states, results, durations = [], [], [], []
-    with mounts.kernel_overlay(stack["lowers"], twin_upper, twin_work, twin_merged):
+    with KernelOverlay(stack["lowers"], twin_upper, twin_work, twin_merged):
         states.append(view(twin_merged))
         for index in range(OPS):
             op = random_op(rng, states[-1], target_kind if index == target else None)
@@ -229,8 +229,10 @@ def test_sigkill_at_random_points_leaves_before_or_after(make_stack, kernel_avai
         ops, states, twin_results, durations = twin_run(stack, rng, target,
                                                         TARGETS[kills % len(TARGETS)])
         done = kills >= KILLS
-        with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"],
-                                stack["merged"]) as process:
+        with Overlay(stack["lowers"], stack["upper"], stack["work"],
+                     stack["merged"]) as overlay:
+            process = overlay.process
+            assert process is not None
             current = view(stack["merged"])
             where = f"after kill {kills} ({last})"
             if expected is not None and current not in expected:
@@ -289,8 +291,8 @@ def test_sigkill_at_random_points_leaves_before_or_after(make_stack, kernel_avai
                 failures.append(f"kill {kills}: lower layer {path} changed")
         if kills % CHAIN == 0 and kills < KILLS:
             # Check this chain's last crash with a plain remount, then start afresh.
-            with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"],
-                                    stack["merged"]):
+            with Overlay(stack["lowers"], stack["upper"], stack["work"],
+                         stack["merged"]):
                 current = view(stack["merged"])
                 if current not in expected:
                     failures.append(f"after kill {kills} ({last}): the view is neither before "
@@ -329,15 +331,17 @@ def test_sigkill_during_a_large_copy_up_at_many_offsets(make_stack, tmp_path: Pa
     lower_sha = hashlib.sha256(lower.read_bytes()).hexdigest()
     rng = random.Random(SEED)
     # How long the copy-up takes, to spread the kills over it.
-    with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
         start = time.perf_counter()
         os.close(os.open(stack["merged"] / "big", os.O_WRONLY))
         duration = time.perf_counter() - start
     fresh_upper(stack)
     outcomes: Counter[str] = Counter()
     for attempt in range(12 if SOAK else 4):
-        with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"],
-                                stack["merged"]) as process:
+        with Overlay(stack["lowers"], stack["upper"], stack["work"],
+                     stack["merged"]) as overlay:
+            process = overlay.process
+            assert process is not None
             errors: list[int] = []
 
             def writer() -> None:
@@ -355,8 +359,8 @@ def test_sigkill_during_a_large_copy_up_at_many_offsets(make_stack, tmp_path: Pa
             thread.join(timeout=30)
             assert not thread.is_alive()
         assert not errors or errors[0] in ENOTCONN_LIKE, errors
-        with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"],
-                                stack["merged"]):
+        with Overlay(stack["lowers"], stack["upper"], stack["work"],
+                     stack["merged"]):
             assert os.listdir(stack["work"] / "work") == []
             data = (stack["merged"] / "big").read_bytes()
             sha = hashlib.sha256(data).hexdigest()
@@ -389,7 +393,7 @@ raise SystemExit(main())
 
 
 def test_a_crash_inside_a_rename_over_a_merged_dir_shows_the_dir_as_it_was(
-        make_stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_stack, tmp_path: Path) -> None:
     """The target dir is merged and empty in the view: its upper part holds a whiteout over
     a lower file. Its stand-in must look the same (mode, owner, xattrs) and be opaque, or a
     crash at that point shows a dir that never existed, with the lower file back."""
@@ -397,18 +401,17 @@ def test_a_crash_inside_a_rename_over_a_merged_dir_shows_the_dir_as_it_was(
     os.chmod(stack["upper"] / "t", 0o751)
     os.chown(stack["upper"] / "t", 123, 456)
     os.setxattr(stack["upper"] / "t", "user.k", b"v")
-    with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
         before = snapshot(stack["merged"])
     script = tmp_path / "killed_after_stand_in.py"
     script.write_text(KILLED_AFTER_STAND_IN)
-    with monkeypatch.context() as patched:
-        patched.setattr(mounts, "overlayfuse_command", lambda: [sys.executable, str(script)])
-        with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"],
-                                stack["merged"]) as process:
-            with pytest.raises(OSError) as raised:
-                os.rename(stack["merged"] / "s", stack["merged"] / "t")
-            assert raised.value.errno in ENOTCONN_LIKE
-            assert process.wait(timeout=10) == -signal.SIGKILL
-    with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
+                 program=[sys.executable, str(script)]) as overlay:
+        with pytest.raises(OSError) as raised:
+            os.rename(stack["merged"] / "s", stack["merged"] / "t")
+        assert raised.value.errno in ENOTCONN_LIKE
+        assert overlay.process is not None
+        assert overlay.process.wait(timeout=10) == -signal.SIGKILL
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
         assert snapshot(stack["merged"]) == before
         assert os.listdir(stack["work"] / "work") == []

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from layerspec import build_stack, raw_snapshot
-from overlayfuse import mounts
+from overlayfuse import Overlay, mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -246,8 +246,10 @@ def test_lazy_unmount_with_an_open_file(stack: dict, reaped: list, how: list[str
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_unmounts_a_foreground_daemon(stack: dict, tmp_path: Path, sig: int) -> None:
     merged = stack["merged"]
-    with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"], merged,
-                            log_file=tmp_path / "log") as process:
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], merged,
+                 log_file=tmp_path / "log") as overlay:
+        process = overlay.process
+        assert process is not None
         # Serving (so the signal handler is in place), then signalled.
         assert sorted(os.listdir(merged)) == EXPECTED_TOP
         process.send_signal(sig)

@@ -25,7 +25,7 @@ import pytest
 
 from hardening import errno_of, ext4_image, remount_ext4, shutdown_ext4, tmpfs
 from layerspec import build_layer, snapshot
-from overlayfuse import mounts
+from overlayfuse import KernelOverlay, Overlay
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -46,12 +46,12 @@ def small_upper_stack(base: Path, lower: dict[str, str], fs_options: str, who: s
         (fs / "work").mkdir()
         stack = {"lowers": [base / "lower0"], "upper": fs / "upper", "work": fs / "work",
                  "merged": merged, "fs": fs}
-        context = (mounts.kernel_overlay(stack["lowers"], stack["upper"], stack["work"], merged)
+        context = (KernelOverlay(stack["lowers"], stack["upper"], stack["work"], merged)
                    if who == "kernel"
-                   else mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"],
-                                           merged, log_file=base / "daemon.log"))
-        with context as process:
-            stack["process"] = process
+                   else Overlay(stack["lowers"], stack["upper"], stack["work"],
+                                merged, log_file=base / "daemon.log"))
+        with context as overlay:
+            stack["process"] = getattr(overlay, "process", None)
             yield stack
 
 
@@ -118,10 +118,10 @@ def test_reads_from_layers_on_tmpfs(kernel_available, tmp_path: Path) -> None:
             (fs / "work").mkdir()
             merged = tmp_path / who / "merged"
             merged.mkdir()
-            context = (mounts.kernel_overlay([fs / "lower0"], fs / "upper", fs / "work", merged)
+            context = (KernelOverlay([fs / "lower0"], fs / "upper", fs / "work", merged)
                        if who == "kernel"
-                       else mounts.overlayfuse([fs / "lower0"], fs / "upper", fs / "work",
-                                               merged))
+                       else Overlay([fs / "lower0"], fs / "upper", fs / "work",
+                                    merged))
             with context:
                 contents[who] = [errno_of(lambda: (merged / name).read_bytes())
                                  for name in ("lowerfile", "upperfile")]
@@ -244,10 +244,11 @@ def test_eio_from_a_failing_upper_filesystem(kernel_available, tmp_path: Path) -
 
             def mount() -> contextlib.AbstractContextManager:
                 if who == "kernel":
-                    return mounts.kernel_overlay([base / "lower0"], upper, work, merged)
-                return mounts.overlayfuse([base / "lower0"], upper, work, merged, log_file=log)
+                    return KernelOverlay([base / "lower0"], upper, work, merged)
+                return Overlay([base / "lower0"], upper, work, merged, log_file=log)
 
-            with mount() as process:
+            with mount() as overlay:
+                process = getattr(overlay, "process", None)
                 write_file(merged / "upperfile", 5)
                 open_for_write(merged / "ld/inner")      # a copy-up that works
                 before = snapshot(merged)

@@ -46,8 +46,8 @@ def test_mapped_mount(make_stack, mount_ofs) -> None:
     lower = stack["lowers"][0]
     os.chown(lower / "mine", 5, 6)
     os.chown(lower / "far", 70000, 70000)
-    mapping = "0:100000:65536"
-    with mount_ofs(stack, extra=("-o", f"uidmapping={mapping},gidmapping={mapping}")):
+    mapping = [(0, 100000, 65536)]
+    with mount_ofs(stack, uid_mapping=mapping, gid_mapping=mapping):
         merged = stack["merged"]
         assert _owner(merged / "roots") == (100000, 100000)
         assert _owner(merged / "mine") == (100005, 100006)
@@ -74,7 +74,7 @@ def _owner(path) -> tuple[int, int]:
 
 def test_squash_to_uid(make_stack, mount_ofs) -> None:
     stack = make_stack([{"f": "file:f"}])
-    with mount_ofs(stack, extra=("-o", "squash_to_uid=1234,squash_to_gid=99")):
+    with mount_ofs(stack, options=("squash_to_uid=1234", "squash_to_gid=99")):
         st = os.stat(stack["merged"] / "f")
         assert (st.st_uid, st.st_gid) == (1234, 99)
         (stack["merged"] / "g").write_text("g")

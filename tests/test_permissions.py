@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from overlayfuse import mounts
+from overlayfuse import KernelOverlay, Overlay
 from overlayfuse.compare.trees import build_stack
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
@@ -110,7 +110,7 @@ def shared_base() -> Iterator[Path]:
 def test_an_unprivileged_caller_gets_what_the_kernel_gives(shared_base: Path, kernel_available,
                                                           operation: str) -> None:
     outcomes = {}
-    for name, mount in (("kernel", mounts.kernel_overlay), ("ofs", mounts.overlayfuse)):
+    for name, mount in (("kernel", KernelOverlay), ("ofs", Overlay)):
         stack = build_stack(shared_base / name, [{}])
         _prepare(stack["lowers"][0])
         os.chmod(stack["base"], 0o755)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from layerspec import build_layer, raw_snapshot, snapshot
-from overlayfuse import mounts
+from overlayfuse import KernelOverlay, Overlay, mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -469,8 +469,8 @@ def _eloop_views(tmp_path: Path, nested: bool) -> dict[str, dict[str, object]]:
         merged = base / "merged"
         merged.mkdir()
         upper, work = base / "lower" / inner, base / "lower" / "w"
-        context = (mounts.kernel_overlay([base / "lower"], upper, work, merged) if who == "kernel"
-                   else mounts.overlayfuse([base / "lower"], upper, work, merged))
+        context = (KernelOverlay([base / "lower"], upper, work, merged) if who == "kernel"
+                   else Overlay([base / "lower"], upper, work, merged))
         with context:
             results[who] = {
                 "upper-path": errno_of(lambda: os.lstat(merged / inner)),
@@ -866,8 +866,8 @@ def test_statfs_comes_from_the_upper_fs(tmp_path: Path, kernel_available: None,
                 lowers, upper, work = [top, lower], None, None
             else:
                 lowers, upper, work = [lower], top, base / "fs" / "work"
-            context = (mounts.kernel_overlay(lowers, upper, work, merged) if who == "kernel"
-                       else mounts.overlayfuse(lowers, upper, work, merged))
+            context = (KernelOverlay(lowers, upper, work, merged) if who == "kernel"
+                       else Overlay(lowers, upper, work, merged))
             with context:
                 assert sorted(os.listdir(merged / "d")) == ["x", "y"]
                 views[who] = (_statvfs_view(merged), _statvfs_view(top), _statvfs_view(lower))
@@ -984,7 +984,7 @@ def test_ro_option_with_an_upper_is_read_only(make_stack, mount_ofs) -> None:
     _set_keep(stack)
     before = {name: raw_snapshot(stack[name]) for name in ("upper", "work")}
     before_lower = raw_snapshot(stack["lowers"][0])
-    with mount_ofs(stack, extra=("-o", "ro")):
+    with mount_ofs(stack, options=("ro",)):
         merged = stack["merged"]
         seen = _write_attempts(merged)
         assert seen == dict.fromkeys(seen, errno.EROFS)

@@ -19,7 +19,7 @@ import pytest
 
 from hardening import errno_of
 from layerspec import snapshot
-from overlayfuse import mounts
+from overlayfuse import Overlay
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -92,24 +92,26 @@ SITES = {
 
 
 @pytest.fixture
-def injected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def injected(tmp_path: Path) -> list[str]:
+    """The command that runs overlayfuse with the bugs injected."""
     script = tmp_path / "injected_bugs.py"
     script.write_text(INJECTED)
-    monkeypatch.setattr(mounts, "overlayfuse_command", lambda: [sys.executable, str(script)])
-    return tmp_path / "daemon.log"
+    return [sys.executable, str(script)]
 
 
-def test_unexpected_exceptions_become_eio_and_the_daemon_goes_on(make_stack, injected: Path
-                                                                 ) -> None:
+def test_unexpected_exceptions_become_eio_and_the_daemon_goes_on(make_stack, injected: list[str],
+                                                                 tmp_path: Path) -> None:
     lower = {"p/poison-link": "symlink:target", "p/poison-dir/x": "file:x",
              "p/poison-unlink": "file:stays", "p/poison-rename": "file:not moved",
              "g/good-link": "symlink:elsewhere", "g/dir/y": "file:y", "g/f": "file:f",
              "g/other": "file:other"}
     stack = make_stack([lower])
     (stack["lowers"][0] / "p/poison-copy").write_bytes(b"p" * 7777)
-    log = injected
-    with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
-                            log_file=log) as process:
+    log = tmp_path / "daemon.log"
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
+                 log_file=log, program=injected) as overlay:
+        process = overlay.process
+        assert process is not None
         merged = stack["merged"]
         p = merged / "p"
 

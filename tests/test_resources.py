@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hardening import SOAK, daemon_fds, daemon_rss_kib
-from overlayfuse import mounts
+from overlayfuse import Overlay
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -89,8 +89,10 @@ def cycles(merged: Path) -> dict[str, Callable[[int], None]]:
 def test_fds_and_rss_stay_flat(kind: str, make_stack, tmp_path: Path) -> None:
     lower = {"ld/lowerfile": "file:lower", **{f"ld/many{n}": "file:m" for n in range(50)}}
     stack = make_stack([lower], {"upperfile": "file:upper", "up": "dir"})
-    with mounts.overlayfuse(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
-                            log_file=tmp_path / "daemon.log") as process:
+    with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
+                 log_file=tmp_path / "daemon.log") as overlay:
+        process = overlay.process
+        assert process is not None
         pid = process.pid
         cycle = cycles(stack["merged"])[kind]
         count = CYCLES if kind in ("mkdir/rmdir", "create/unlink", "open/close") \

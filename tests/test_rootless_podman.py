@@ -20,7 +20,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,6 +73,9 @@ class User:
                         "--shell", "/bin/sh", USER], check=True, capture_output=True)
         self.uid = pwd.getpwnam(USER).pw_uid
         self.home = base / "home"
+        for pid, _ in self.processes():     # an interrupted earlier run's, with this uid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for table, flag in (("/etc/subuid", "--add-subuids"), ("/etc/subgid", "--add-subgids")):
             with open(table) as ranges:
                 if not any(line.startswith(USER + ":") for line in ranges):
@@ -125,6 +128,8 @@ class User:
             except OSError:
                 continue
             uids = re.search(r"^Uid:\s+(\d+)", status, re.M)
+            if "\nState:\tZ" in status:
+                continue    # exited; the pause process reaps no children
             if uids and int(uids.group(1)) == self.uid:
                 found.append((int(entry), cmdline.replace(b"\0", b" ").decode(errors="replace")))
         return found
@@ -132,13 +137,22 @@ class User:
     def stop_podman(self) -> None:
         """Reset the storage and stop the pause process, which keeps copies of the mounts that
         existed when it started."""
+        pid = self.pause_pid()      # the reset removes the file, not always the process
         self.run("podman", "system", "reset", "-f", check=False)
-        pid = self.pause_pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while self.processes() and time.monotonic() < deadline:
+        self.wait_for(lambda: not self.processes())
+
+    def daemons(self) -> list[str]:
+        """The user's overlayfuse daemons still running, once those that are exiting did."""
+        self.wait_for(lambda: not any("overlayfuse" in cmd for _, cmd in self.processes()))
+        return [cmd for _, cmd in self.processes() if "overlayfuse" in cmd]
+
+    @staticmethod
+    def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
             time.sleep(0.1)
 
     def remove(self) -> None:
@@ -288,7 +302,7 @@ def _scenario(user: User) -> dict[str, object]:
     seen["hard-links"] = podman("run", "--rm", "localhost/committed", "sh", "-c", HARD_LINKS)
     podman("rm", "-a", "-f")
     seen["mounts-left"] = _storage_mounts(user)
-    seen["daemons-left"] = [cmd for _, cmd in user.processes() if "overlayfuse" in cmd]
+    seen["daemons-left"] = user.daemons()
     podman("rmi", "-a", "-f")
     return seen
 

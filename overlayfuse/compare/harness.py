@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import mounts
+from ..overlay import KernelOverlay
 from .fsops import Op, apply
 from .stacks import StackSpec, kernel_form
 from .trees import build_layer, raw_snapshot, snapshot
@@ -142,7 +143,7 @@ def _pids_mentioning(text: str) -> list[int]:
 
 @contextlib.contextmanager
 def _kernel(stack: dict) -> Iterator[None]:
-    with mounts.kernel_overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
+    with KernelOverlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
         yield
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from .. import mounts
+from ..overlay import KernelOverlay
 from .harness import OVERLAYFUSE_TEMPLATE, Divergence, Example, TemplateMount, run_example
 from .known import explain
 from .stacks import StackSpec, examples
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-shrink", action="store_true",
                         help="report divergences as found, without minimising them")
     args = parser.parse_args(argv)
-    reason = mounts.kernel_overlay_available()
+    reason = KernelOverlay.unavailable()
     if reason is not None:
         print(f"overlayfuse-compare: cannot run: {reason}", file=sys.stderr)
         return 2
