@@ -1,7 +1,7 @@
 """The three implementations under test, each mounted fresh over the same lower layers with
 an upper and work dir of its own, and unmounted afterwards (the daemon stopped by its pid).
 
-Built on overlayfuse.mounts (unmount, run_detached)."""
+Built on overlayfuse.mounts (unmount, wait_mounted)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,8 @@ class Mounted:
     upper: Path
     work: Path
     pid: int | None      # the daemon's; None for the kernel
+    command_seconds: float = 0.0        # the mount command, from start to return
+    first_stat_seconds: float = 0.0     # from its start to the first stat of the root answered
 
     def status(self) -> dict[str, float | int | None]:
         """The daemon's resident memory (MB) and open fds, now."""
@@ -116,24 +118,31 @@ def find_daemon(mnt: Path, timeout: float = 5.0) -> int:
         time.sleep(0.05)
 
 
+def mount_command(impl: str, lowers: list[Path], upper: Path, work: Path, mnt: Path) -> list[str]:
+    options = _options(lowers, upper, work)
+    if impl == KERNEL:
+        return ["mount", "-t", "overlay", "overlay", "-o", options, str(mnt)]
+    binary = overlayfuse_binary() if impl == OVERLAYFUSE else "fuse-overlayfs"
+    return [binary, "-o", options, str(mnt)]
+
+
 def mount(impl: str, lowers: list[Path], scratch: Path, serial: int) -> Mounted:
     """Mount `impl` on a fresh mountpoint with a fresh upper and work dir under `scratch`."""
     where = scratch / f"{impl}-{serial}"
     upper, work, mnt = where / "upper", where / "work", where / "mnt"
     for d in (upper, work, mnt):
         d.mkdir(parents=True)
-    options = _options(lowers, upper, work)
-    if impl == KERNEL:
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(mnt)],
-                       check=True, capture_output=True)
-        return Mounted(impl, mnt, upper, work, None)
-    binary = overlayfuse_binary() if impl == OVERLAYFUSE else "fuse-overlayfs"
-    try:
-        mounts.run_detached([binary, "-o", options, str(mnt)], mnt)
-    except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"{impl} failed to mount: {e.stderr.decode(errors='replace')}") \
-            from None
-    return Mounted(impl, mnt, upper, work, find_daemon(mnt))
+    command = mount_command(impl, lowers, upper, work, mnt)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, stdin=subprocess.DEVNULL)
+    returned = time.perf_counter()
+    if done.returncode != 0:
+        raise RuntimeError(f"{impl} failed to mount: {done.stderr.decode(errors='replace')}")
+    mounts.wait_mounted(mnt)        # returns at once: each of them mounts before it returns
+    os.stat(mnt)
+    answered = time.perf_counter()
+    return Mounted(impl, mnt, upper, work, None if impl == KERNEL else find_daemon(mnt),
+                   returned - start, answered - start)
 
 
 def unmount(m: Mounted, timeout: float = 30.0) -> None:

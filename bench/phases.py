@@ -113,4 +113,8 @@ TARGETS: tuple[Target, ...] = (
            "daemon RSS flat across repeated walks (last / first ≤ 1.10)"),
     Target("fd_growth", "abs", "<=", 16.0,
            "open fds bounded across repeated walks (last − first ≤ 16)"),
+    Target("mount_ms", "abs", "<=", 40.0, "mount command ≤ 40 ms (median)"),
+    *(Target(key, "fuse-overlayfs", "<=", 1.0, f"{key} ≤ 1.0 × fuse-overlayfs")
+      for key in ("mount_first_stat", "untar", "rm_rf", "git_status", "git_log_p", "make",
+                  "py_import")),
 )

@@ -10,6 +10,7 @@ from typing import Any
 
 from .impls import ALL, FUSE_OVERLAYFS, KERNEL, OVERLAYFUSE
 from .phases import METRICS, REPEAT_WALKS, TARGETS, Target
+from .workloads import WORKLOAD_METRICS
 
 SHORT = {OVERLAYFUSE: "overlayfuse", FUSE_OVERLAYFS: "fuse-overlayfs", KERNEL: "kernel"}
 PNG = "benchmarks-scaling.png"
@@ -66,6 +67,9 @@ def derived(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 label = f"MB, {files[-1]:,} files, worst of {layers[0]}–{most} lowers"
                 out.setdefault("rss_max_stat", {"label": label})[impl] = \
                     max(rss)
+    for impl, seconds in medians(results).get("mount_return", {}).items():
+        if seconds is not None:
+            out.setdefault("mount_ms", {"label": "ms, median"})[impl] = seconds * 1000
     for impl, rows in results.get("repeat_walks", {}).items():
         if len(rows) >= 2 and rows[0]["rss_mb"] and rows[-1]["rss_mb"] is not None:
             out.setdefault("rss_growth", {"label": f"RSS walk {len(rows)} / walk 1"})[impl] = \
@@ -160,6 +164,16 @@ def main_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def workloads_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    med = medians(results)
+    head = ["workload", *[f"{SHORT[i]} (s)" for i in ALL], "overlayfuse / fuse-overlayfs",
+            "overlayfuse / kernel"]
+    rows = [[metric.title, *[_num(med[name].get(i)) for i in ALL],
+             _ratio(ratio(results, name, FUSE_OVERLAYFS)), _ratio(ratio(results, name, KERNEL))]
+            for name, metric in WORKLOAD_METRICS.items() if name in med]
+    return head, rows
+
+
 def memory_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     head = ["daemon", "RSS after cold walk (MB)", "fds after cold walk",
             "RSS after warm walks (MB)", f"RSS over {REPEAT_WALKS} cold walks of one mount (MB)",
@@ -217,7 +231,8 @@ def targets_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     def fmt(key: str, value: float | None) -> str:
         if value is None:
             return "n/a"
-        return f"{value:.0f}" if key in ("rss_max_stat", "fd_growth") else f"{value:.2f}"
+        return f"{value:.0f}" if key in ("rss_max_stat", "fd_growth", "mount_ms") \
+            else f"{value:.2f}"
 
     for row in evaluate(results):
         verdict = "not measured" if row["met"] is None else ("**met**" if row["met"]
@@ -307,6 +322,23 @@ def document(results: dict[str, Any], png: str | None) -> str:
     main_spec = cfg["main"]
     load = m["load_1min"]
     problems = results.get("problems", [])
+    workloads_part: list[str] = []
+    if any(name in results["samples"] for name in WORKLOAD_METRICS):
+        workloads_part = [
+            "### Real workloads",
+            "",
+            "Whole commands, each on a fresh mount of one lower layer made for it, caches "
+            "dropped first (bench/workloads.py): the mount command itself (start to return, "
+            "and to the first `stat` of the root answered, warm, repeated), `tar -x` of "
+            f"{cfg.get('workloads', {}).get('tar_files', 0):,} small files into the mount and "
+            "`rm -rf` of them, `git status` and `git log -p | wc -c` in a repository whose "
+            "`.git` is in the lower layer, `make -j2` of a generated C project in the lower "
+            "layer, and `python -B` importing a generated package tree (with its .pyc) from "
+            "the lower layer. Medians over the rounds (and the repeats, for the mount).",
+            "",
+            markdown(*workloads_table(results)),
+            "",
+        ]
     parts = [
         "# Benchmarks",
         "",
@@ -386,6 +418,7 @@ def document(results: dict[str, Any], png: str | None) -> str:
         "",
         markdown(*targets_table(results)),
         "",
+        *workloads_part,
         "### Daemon memory and fds",
         "",
         markdown(*memory_table(results)),
@@ -429,6 +462,9 @@ def render(results: dict[str, Any], out: Path, docs: Path | None) -> None:
     (out / "report.md").write_text(document(results, PNG if have_png else None))
     print()
     print(text_table(*main_table(results)))
+    if any(name in results["samples"] for name in WORKLOAD_METRICS):
+        print()
+        print(text_table(*workloads_table(results)))
     print()
     print(text_table(*targets_table(results)))
     print()

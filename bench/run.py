@@ -24,7 +24,7 @@ from typing import Any
 
 from overlayfuse import mounts
 
-from . import impls, report
+from . import impls, report, workloads
 from .phases import PHASES, REPEAT_WALKS, Phase, Step
 from .stacks import MainSpec, ScaleSpec, Stack, build_main, build_scale
 
@@ -33,6 +33,7 @@ DEFAULT_DIR = Path("/var/tmp/overlayfuse-bench")
 
 FULL = {
     "main": MainSpec(),
+    "workloads": workloads.WorkloadSpec(),
     "rounds": 5,
     "scale_layers": (1, 8, 32, 64),
     "scale_files": (10_000, 100_000),
@@ -43,6 +44,7 @@ FULL = {
 QUICK = {
     "main": MainSpec(dirs=20, files=25, big_mib=16, missing_per_dir=10, copyup=100, unlink=100,
                      create=300, create_dirs=3),
+    "workloads": workloads.QUICK,
     "rounds": 1,
     "scale_layers": (1, 4),
     "scale_files": (1_000, 4_000),
@@ -110,9 +112,11 @@ class Bench:
         shift %= len(chosen)
         return chosen[shift:] + chosen[:shift]
 
-    def mount(self, impl: str, stack: Stack) -> impls.Mounted:
+    def mount(self, impl: str, stack: Stack | Path) -> impls.Mounted:
+        """A fresh mount of a stack, or of one lower layer."""
         self.serial += 1
-        return impls.mount(impl, stack.lowers, self.scratch, self.serial)
+        lowers = [stack] if isinstance(stack, Path) else stack.lowers
+        return impls.mount(impl, lowers, self.scratch, self.serial)
 
     # ---- checks ----------------------------------------------------------------------------
 
@@ -184,6 +188,45 @@ class Bench:
             impls.unmount(m)
         self.results["repeat_walks"][impl] = rows
 
+    def record(self, metric: str, impl: str, value: float) -> None:
+        self.results["samples"].setdefault(metric, {}).setdefault(impl, []).append(value)
+        self.results["counts"][metric] = None
+        self.log(f"  {metric:16s} {impl:15s} {value:9.3f} s")
+
+    def run_workloads(self, layers: workloads.Layers, spec: workloads.WorkloadSpec,
+                      rounds: int) -> None:
+        for r in range(rounds):
+            for impl in self.order(r):
+                for _ in range(spec.mount_repeats):
+                    self.sample_load()
+                    try:
+                        m = self.mount(impl, layers.empty_lower)
+                    except Exception as e:  # noqa: BLE001
+                        self.problem(impl, "mount latency", str(e))
+                        break
+                    impls.unmount(m)
+                    self.record("mount_return", impl, m.command_seconds)
+                    self.record("mount_first_stat", impl, m.first_stat_seconds)
+            for wi, (name, lower, timed) in enumerate(workloads.workloads(layers)):
+                for impl in self.order(r + wi + 1):
+                    self.sample_load()
+                    try:
+                        m = self.mount(impl, lower)
+                    except Exception as e:  # noqa: BLE001
+                        self.problem(impl, f"mount for {name}", str(e))
+                        continue
+                    try:
+                        self.drop_caches()
+                        values = timed(m.mnt)
+                    except subprocess.CalledProcessError as e:
+                        self.problem(impl, name, f"{e.cmd}: exit {e.returncode}: "
+                                     f"{(e.stderr or b'').decode(errors='replace')[-500:]}")
+                        continue
+                    finally:
+                        impls.unmount(m)
+                    for metric, value in values.items():
+                        self.record(metric, impl, value)
+
     def run_scaling(self, stacks: list[tuple[ScaleSpec, Stack]], rounds: int,
                     rounds_large: int) -> None:
         smallest = min(spec.files for spec, _ in stacks)
@@ -243,6 +286,11 @@ class Bench:
             for impl in self.args.impls:
                 if impl != impls.KERNEL:
                     self.repeat_walks(impl, main)
+        if not self.args.no_workloads and (not self.args.phases or
+                                            "workloads" in self.args.phases):
+            self.log("real workloads: mount latency, tar, git, make, python imports")
+            layers = workloads.build(self.base, cfg["workloads"])
+            self.run_workloads(layers, cfg["workloads"], cfg["rounds"])
         if scale_stacks:
             self.log("scaling: cold stat and cold walk by number of lowers and files")
             self.run_scaling(scale_stacks, cfg["scale_rounds"], cfg["scale_rounds_large"])
@@ -252,8 +300,9 @@ class Bench:
         self.results["config"] = {
             "quick": self.args.quick, "rounds": cfg["rounds"], "scale_rounds": cfg["scale_rounds"],
             "scale_rounds_large": cfg["scale_rounds_large"],
-            "main": asdict(cfg["main"]), "scale": [asdict(s) for s in scale_specs]
-            if scale_stacks else [], "impls": self.args.impls, "dir": str(self.base),
+            "main": asdict(cfg["main"]), "workloads": asdict(cfg["workloads"]),
+            "scale": [asdict(s) for s in scale_specs] if scale_stacks else [],
+            "impls": self.args.impls, "dir": str(self.base),
             "visible_files": main.count("files"), "dirs": main.count("dirs"),
             "missing_names": main.count("missing"),
         }
@@ -311,7 +360,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale-rounds-large", type=int,
                    help="rounds of the scaling runs on the 100k-file stacks (default 1)")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
-    names = [phase.name for phase in PHASES] + ["repeat_walks"]
+    p.add_argument("--no-workloads", action="store_true", help="skip the real workloads")
+    names = [phase.name for phase in PHASES] + ["repeat_walks", "workloads"]
     p.add_argument("--phase", dest="phases", action="append", metavar="NAME", choices=names,
                    help="run only this phase (repeatable): " + ", ".join(names))
     p.add_argument("--impl", dest="impls", action="append", choices=impls.ALL,

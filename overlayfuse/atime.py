@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 
 from .remount import MS_NOATIME, MS_NODIRATIME, MS_STRICTATIME, mount_flags
 from .syscalls import (MOUNT_ATTR_NOATIME, MOUNT_ATTR_NODIRATIME, MOUNT_ATTR_RELATIME,
@@ -23,12 +23,12 @@ from .syscalls import (MOUNT_ATTR_NOATIME, MOUNT_ATTR_NODIRATIME, MOUNT_ATTR_REL
 RELATIME_MAX_AGE_NS = 24 * 3600 * 10**9     # relatime still updates an atime a day old
 
 
-@dataclass(frozen=True)
-class AtimePolicy:
-    noatime: bool = False
-    strictatime: bool = False
-    nodiratime: bool = False
-    by_mount: bool = True   # False: no copy of the upper mount carries the policy (not root)
+class AtimePolicy(namedtuple("AtimePolicy", "noatime strictatime nodiratime by_mount",
+                             defaults=(False, False, False, True))):
+    """noatime, strictatime, nodiratime: the flags in force. by_mount: False where no copy of
+    the upper mount carries the policy (not root)."""
+
+    __slots__ = ()
 
     @classmethod
     def from_flags(cls, vfs_flags: tuple[str, ...]) -> AtimePolicy:

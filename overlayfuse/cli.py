@@ -1,17 +1,29 @@
-"""`overlayfuse` command: parse, check, mount, serve. Bad input is one line on stderr and a
-non-zero exit, never a traceback."""
+"""`overlayfuse` command: parse, check, mount, then hand the mounted connection to the daemon.
+
+Everything that can be refused is done here, before the FUSE runtime (pyfuse3, trio, the
+request handlers) is loaded: the command returns as soon as the mount exists, and the kernel
+holds the first requests until the daemon has loaded the runtime and answers them. Bad input
+is one line on stderr and a non-zero exit, never a traceback.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from .errors import MountError, UsageError
+from .fusedev import FuseMount, fuse_options, mount, unmount
 from .layers import open_stack
-from .options import parse_args
+from .options import MountOptions, parse_args
 from .remount import remount
 
 EXIT_USAGE = 2
 EXIT_MOUNT = 1
+DETACHED = b"D"
+# What ends the daemon cleanly (it unmounts). Held back until the main loop watches for them,
+# so that one sent while the runtime loads still unmounts.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def _fail(message: str, code: int) -> int:
@@ -35,32 +47,79 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for warning in options.warnings:
         print(f"overlayfuse: warning: {warning}", file=sys.stderr)
+    missing = _missing_runtime()
+    if missing is not None:
+        return _fail(f"cannot load the FUSE runtime: {missing} is not installed", EXIT_MOUNT)
     try:
         stack = open_stack(options)
+        log_fd = open_log(options)
+        fuse = mount(stack.mountpoint, fuse_options(options, stack))
     except MountError as e:
         return _fail(str(e), EXIT_MOUNT)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    if not options.foreground:
+        detach(fuse)
+    from .daemon import run
+    code = run(stack, options, fuse, log_fd)
+    # The process ends here, at once: tearing the interpreter down would first free every
+    # object of the daemon one by one (node table, caches, modules), which delays the exit
+    # that `podman run --rm` and unmount scripts wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
-    # Imported late: the checks above must work (and fail cleanly) even where pyfuse3 or
-    # trio cannot be loaded.
-    try:
-        from .daemon import run
-        from .idmap import IdMap
-        from .ops import Operations
-        from .tree import Tree
-    except ImportError as e:
-        return _fail(f"cannot load the FUSE runtime: {e}", EXIT_MOUNT)
 
-    ops = Operations(Tree(stack), timeout=options.timeout, debug=options.debug,
-                     uids=IdMap(options.uidmapping, options.squash_to_uid),
-                     gids=IdMap(options.gidmapping, options.squash_to_gid))
+def _missing_runtime() -> str | None:
+    """The first module of the FUSE runtime that no importer can find. Only looked for, not
+    loaded: loading it is the daemon's, once the command has returned. (What
+    importlib.util.find_spec does, without loading importlib.util.)"""
+    for name in ("pyfuse3", "trio"):
+        if name in sys.modules:
+            found = sys.modules[name] is not None
+        else:
+            found = any(finder.find_spec(name, None) is not None for finder in sys.meta_path
+                        if hasattr(finder, "find_spec"))
+        if not found:
+            return name
+    return None
+
+
+def open_log(options: MountOptions) -> int | None:
+    """The log file, opened before the mount, so that one that cannot be opened is a clean
+    error."""
+    if options.log_file is None:
+        return None
     try:
-        return run(ops, options, stack)
-    except MountError as e:
-        return _fail(str(e), EXIT_MOUNT)
-    except RuntimeError as e:
-        return _fail(f"cannot mount on {stack.mountpoint}: {e}", EXIT_MOUNT)
-    except KeyboardInterrupt:
-        return 130
+        return os.open(options.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                       0o666)
+    except OSError as e:
+        raise MountError(e.errno, "cannot open the log file", options.log_file) from None
+
+
+def detach(fuse: FuseMount) -> None:
+    """Fork the daemon and return in it: in its own session, in /, with stdin, stdout and
+    stderr on /dev/null. The command exits 0 once the daemon is there; if it never gets
+    there, the command unmounts and exits 1."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        verdict = os.read(read_end, 1)
+        if verdict != DETACHED:
+            unmount(fuse)
+            _fail(f"the daemon for {fuse.mountpoint} did not start", EXIT_MOUNT)
+        sys.stderr.flush()
+        os._exit(0 if verdict == DETACHED else EXIT_MOUNT)
+    os.close(read_end)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    os.write(write_end, DETACHED)
+    os.close(write_end)
 
 
 if __name__ == "__main__":

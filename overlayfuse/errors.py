@@ -10,9 +10,10 @@ class UsageError(Exception):
 
 
 class MountError(Exception):
-    """The mount cannot be made; `errno` is what kernel overlayfs would return."""
+    """The mount cannot be made; `errno` is what kernel overlayfs would return (None where
+    fusermount3 refused, whose own message says why)."""
 
-    def __init__(self, errno: int, message: str, path: str | None = None) -> None:
+    def __init__(self, errno: int | None, message: str, path: str | None = None) -> None:
         self.errno = errno
         self.path = path
         super().__init__(message)
@@ -21,4 +22,6 @@ class MountError(Exception):
         message = self.args[0]
         if self.path is not None:
             message = f"{message}: {self.path}"
+        if self.errno is None:
+            return message
         return f"{message} ({os.strerror(self.errno)})"

@@ -7,10 +7,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import stat
 import time
-from dataclasses import dataclass, replace
+from collections import namedtuple
 
 from .atime import AtimePolicy
 from .errors import MountError
@@ -25,28 +24,33 @@ TRUSTED_PREFIX = b"trusted.overlay."
 USER_PREFIX = b"user.overlay."
 
 
-@dataclass(frozen=True)
-class Layer:
-    index: int          # 0 is the top of the stack
-    path: str
-    fd: int             # O_PATH fd on the layer root
-    dev: int
-    ino: int
-    writable: bool
+class Layer(namedtuple("Layer", "index path fd dev ino writable")):
+    """One layer: its index (0 is the top of the stack), its path, an O_PATH fd on its root
+    with that root's st_dev and st_ino, and whether it is the writable upper layer."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
 class Stack:
-    layers: tuple[Layer, ...]       # top first: the upper (if any), then the lowers
-    upper: Layer | None
-    work_fd: int | None             # O_PATH fd on workdir/work, the copy-up staging area
-    mountpoint: str
-    single_fs: bool                 # all layers share one filesystem: real inode numbers are unique
-    forbidden: frozenset[tuple[int, int]]   # upper and work roots seen inside a lower: ELOOP
-    xattr_prefix: bytes             # namespace of the markers we write: trusted.overlay. or user.overlay.
-    volatile: bool
-    lock_fds: tuple[int, ...] = ()  # flock'ed upper dir and workdir, held while serving
-    atime: AtimePolicy = AtimePolicy()
+    """The layers of one mount, opened and checked. Built once, by open_stack."""
+
+    __slots__ = ("layers", "upper", "work_fd", "mountpoint", "single_fs", "forbidden",
+                 "xattr_prefix", "volatile", "lock_fds", "atime")
+
+    def __init__(self, *, layers: tuple[Layer, ...], upper: Layer | None, work_fd: int | None,
+                 mountpoint: str, single_fs: bool, forbidden: frozenset[tuple[int, int]],
+                 xattr_prefix: bytes, volatile: bool, lock_fds: tuple[int, ...] = (),
+                 atime: AtimePolicy = AtimePolicy()) -> None:
+        self.layers = layers            # top first: the upper (if any), then the lowers
+        self.upper = upper
+        self.work_fd = work_fd          # O_PATH fd on workdir/work, the copy-up staging area
+        self.mountpoint = mountpoint
+        self.single_fs = single_fs      # one filesystem for all: real inode numbers are unique
+        self.forbidden = forbidden      # upper and work roots seen inside a lower: ELOOP
+        self.xattr_prefix = xattr_prefix    # our markers' namespace: trusted. or user.overlay.
+        self.volatile = volatile
+        self.lock_fds = lock_fds        # flock'ed upper dir and workdir, held while serving
+        self.atime = atime
 
     @property
     def read_only(self) -> bool:
@@ -93,9 +97,12 @@ def check_environment() -> None:
                          "/dev/fuse")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise MountError(errno.EACCES, "no read/write access to the FUSE device", "/dev/fuse")
-    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
-        raise MountError(errno.ENOENT, "fusermount3 not found in PATH (install fuse3)",
-                         "fusermount3")
+    if os.geteuid() != 0:
+        import shutil   # here and in empty_directory only: a mount by root does without it
+
+        if shutil.which("fusermount3") is None:
+            raise MountError(errno.ENOENT, "fusermount3 not found in PATH (install fuse3)",
+                             "fusermount3")
 
 
 def validate(options: MountOptions) -> set[tuple[int, int]]:
@@ -214,7 +221,7 @@ def _upper_and_workdir(upper: str, workdir: str, atime: AtimePolicy
         root = open_tree_clone(common)
     except OSError:
         root = os.open(common, DIR_OPEN_FLAGS)
-        atime = replace(atime, by_mount=False)
+        atime = atime._replace(by_mount=False)
     else:
         try:
             set_atime_attrs(root, atime.mount_attrs)
@@ -232,7 +239,7 @@ def _upper_and_workdir(upper: str, workdir: str, atime: AtimePolicy
     os.close(upper_fd)
     os.close(work_fd)
     return (os.open(upper, DIR_OPEN_FLAGS), os.open(workdir, DIR_OPEN_FLAGS),
-            replace(atime, by_mount=False))
+            atime._replace(by_mount=False))
 
 
 def _lock(role: str, dir_fd: int, path: str) -> int:
@@ -277,6 +284,7 @@ def empty_directory(dir_fd: int) -> None:
         os.close(readable)
     for name, is_dir in names:
         if is_dir:
+            import shutil
             shutil.rmtree(name, dir_fd=dir_fd)
         else:
             os.unlink(name, dir_fd=dir_fd)

@@ -8,8 +8,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from pathlib import Path
 
 MOUNT_WAIT = 20.0
 
@@ -53,9 +51,3 @@ def wait_mounted(path: str | os.PathLike[str], process: subprocess.Popen[bytes] 
 
 def overlayfuse_command() -> list[str]:
     return [sys.executable, "-m", "overlayfuse"]
-
-
-def run_detached(command: Sequence[str], merged: os.PathLike[str] | str) -> None:
-    """Run a mount command that daemonizes (like fuse-overlayfs) and wait for the mount."""
-    subprocess.run(list(command), check=True, capture_output=True, stdin=subprocess.DEVNULL)
-    wait_mounted(Path(merged))

@@ -10,10 +10,9 @@ Only syntax is checked here; what the paths point at is checked by `stack.open_s
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from . import __version__
 from .errors import MountError, UsageError
@@ -41,38 +40,54 @@ SILENT_OPTIONS = frozenset({"defaults", "nofail", "_netdev", "user", "users", "n
                             "nolazytime"})
 
 
-@dataclass(frozen=True)
-class IdMapping:
+class IdMapping(namedtuple("IdMapping", "disk view size")):
     """One `disk:view:size` range of uidmapping=/gidmapping=, in fuse-overlayfs's order: ids
     disk..disk+size-1 stored in the layers show through the mount as view..view+size-1."""
 
-    disk: int
-    view: int
-    size: int
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
 class MountOptions:
-    lowerdirs: tuple[str, ...]
-    upperdir: str | None
-    workdir: str | None
-    mountpoint: str
-    source: str = "overlayfuse"        # mount(8)'s SOURCE, shown as the fsname
-    workdir_chosen: bool = False       # True when the workdir was picked for the short form
-    foreground: bool = False
-    debug: bool = False
-    log_file: str | None = None
-    fuse_options: frozenset[str] = frozenset()
-    read_only: bool = False
-    volatile: bool = False             # skip fsync, as podman's `volatile`
-    timeout: float = 3600.0            # kernel entry/attr cache lifetime, seconds
-    uidmapping: tuple[IdMapping, ...] = ()
-    gidmapping: tuple[IdMapping, ...] = ()
-    squash_to_uid: int | None = None
-    squash_to_gid: int | None = None
-    remount: bool = False              # change the live mount at `mountpoint` in place
-    vfs_flags: tuple[str, ...] = ()    # the VFS_FLAGS given, in order
-    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """What the command line asks for. Built once, by parse_args, and never changed."""
+
+    __slots__ = ("lowerdirs", "upperdir", "workdir", "mountpoint", "source", "workdir_chosen",
+                 "foreground", "debug", "log_file", "fuse_options", "read_only", "volatile",
+                 "timeout", "uidmapping", "gidmapping", "squash_to_uid", "squash_to_gid",
+                 "remount", "vfs_flags", "warnings")
+
+    def __init__(self, *, lowerdirs: tuple[str, ...], upperdir: str | None,
+                 workdir: str | None, mountpoint: str,
+                 source: str = "overlayfuse",        # mount(8)'s SOURCE, shown as the fsname
+                 workdir_chosen: bool = False,       # the workdir was picked for the short form
+                 foreground: bool = False, debug: bool = False, log_file: str | None = None,
+                 fuse_options: frozenset[str] = frozenset(), read_only: bool = False,
+                 volatile: bool = False,             # skip fsync, as podman's `volatile`
+                 timeout: float = 3600.0,            # kernel entry/attr cache lifetime, seconds
+                 uidmapping: tuple[IdMapping, ...] = (), gidmapping: tuple[IdMapping, ...] = (),
+                 squash_to_uid: int | None = None, squash_to_gid: int | None = None,
+                 remount: bool = False,              # change the live mount in place
+                 vfs_flags: tuple[str, ...] = (),    # the VFS_FLAGS given, in order
+                 warnings: tuple[str, ...] = ()) -> None:
+        self.lowerdirs = lowerdirs
+        self.upperdir = upperdir
+        self.workdir = workdir
+        self.mountpoint = mountpoint
+        self.source = source
+        self.workdir_chosen = workdir_chosen
+        self.foreground = foreground
+        self.debug = debug
+        self.log_file = log_file
+        self.fuse_options = fuse_options
+        self.read_only = read_only
+        self.volatile = volatile
+        self.timeout = timeout
+        self.uidmapping = uidmapping
+        self.gidmapping = gidmapping
+        self.squash_to_uid = squash_to_uid
+        self.squash_to_gid = squash_to_gid
+        self.remount = remount
+        self.vfs_flags = vfs_flags
+        self.warnings = warnings
 
 
 def split_escaped(text: str, sep: str) -> list[str]:
@@ -154,34 +169,86 @@ def parse_id(name: str, text: str) -> int:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
+HELP = f"""\
+usage: overlayfuse [-f] [-d] [--log-file FILE] -o lowerdir=A[:B...][,upperdir=U,workdir=W][,...]
+                   [SOURCE] MERGED
+       overlayfuse [-f] [-d] [--log-file FILE] [--workdir W] LOWER[:LOWER...] [UPPER] MERGED
+
+Userspace overlay filesystem: merge read-only lower directories and one writable upper
+directory into one view, like kernel overlayfs. Without UPPER (or upperdir=) the view is
+read-only. See docs/usage.md.
+
+options:
+  -o OPTS           comma-separated mount options (lowerdir=, upperdir=, workdir=, FUSE
+                    options such as allow_other, ro); may be given several times
+  -f, --foreground  stay in the foreground and log to stderr
+  -d, --debug       log every request (implies --foreground unless --log-file is given)
+  --workdir W       work directory for the short form (same filesystem as UPPER, outside
+                    every layer)
+  --log-file FILE   log to this file instead of syslog
+  --version         show the version and exit
+  -h, --help        show this help and exit
+"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="overlayfuse",
-        description="Userspace overlay filesystem: merge read-only lower directories and one "
-                    "writable upper directory into one view, like kernel overlayfs.",
-        epilog="Short form: overlayfuse LOWER[:LOWER...] UPPER MERGED (or LOWER[:LOWER...] MERGED "
-               "for a read-only view). Mount form: overlayfuse -o lowerdir=A:B,upperdir=U,"
-               "workdir=W [SOURCE] MERGED. See docs/usage.md.",
-    )
-    parser.add_argument("paths", nargs="*", metavar="PATH",
-                        help="LOWERS UPPER MERGED, or [SOURCE] MERGED with -o lowerdir=")
-    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                        help="comma-separated mount options (lowerdir=, upperdir=, workdir=, "
-                             "FUSE options such as allow_other, ro)")
-    parser.add_argument("-f", "--foreground", action="store_true",
-                        help="stay in the foreground and log to stderr")
-    parser.add_argument("-d", "--debug", action="store_true",
-                        help="log every request (implies --foreground unless --log-file is given)")
-    parser.add_argument("--workdir", help="work directory for the short form (same filesystem "
-                                          "as UPPER, outside every layer)")
-    parser.add_argument("--log-file", help="log to this file instead of syslog")
-    parser.add_argument("--version", action="version", version=f"overlayfuse {__version__}")
-    return parser
+class CommandLine:
+    """The command line split into its flags and paths; `-o` strings are read later."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.options: list[str] = []
+        self.foreground = False
+        self.debug = False
+        self.workdir: str | None = None
+        self.log_file: str | None = None
+
+
+LONG_FLAGS = {"--foreground": "foreground", "--debug": "debug"}
+SHORT_FLAGS = {"f": "foreground", "d": "debug"}
+LONG_WITH_VALUE = {"--workdir": "workdir", "--log-file": "log_file"}
+
+
+def read_command_line(argv: list[str]) -> CommandLine:
+    """Flags and paths in any order, as getopt reads them: short flags may be grouped (-fd)
+    and take their value attached (-oOPTS) or as the next word; long ones as --name=VALUE or
+    --name VALUE; `--` ends the flags. --help and --version print and exit."""
+    line = CommandLine()
+    words = iter(argv)
+
+    def value_of(flag: str, attached: str) -> str:
+        value = attached or next(words, None)
+        if value is None:
+            raise UsageError(f"argument {flag}: expected one argument")
+        return value
+
+    for word in words:
+        if word == "--":
+            line.paths.extend(words)
+        elif word in ("-h", "--help"):
+            print(HELP, end="")
+            raise SystemExit(0)
+        elif word == "--version":
+            print(f"overlayfuse {__version__}")
+            raise SystemExit(0)
+        elif word.startswith("--"):
+            name, has_value, attached = word.partition("=")
+            if name in LONG_WITH_VALUE:
+                setattr(line, LONG_WITH_VALUE[name], attached if has_value else value_of(name, ""))
+            elif name in LONG_FLAGS and not has_value:
+                setattr(line, LONG_FLAGS[name], True)
+            else:
+                raise UsageError(f"unrecognized arguments: {word}")
+        elif word.startswith("-") and word != "-":
+            for at, letter in enumerate(word[1:], start=2):
+                if letter == "o":
+                    line.options.append(value_of("-o", word[at:]))
+                    break
+                if letter not in SHORT_FLAGS:
+                    raise UsageError(f"unrecognized arguments: {word}")
+                setattr(line, SHORT_FLAGS[letter], True)
+        else:
+            line.paths.append(word)
+    return line
 
 
 def default_workdir(upperdir: str) -> str:
@@ -193,7 +260,7 @@ def default_workdir(upperdir: str) -> str:
 
 
 def parse_args(argv: list[str]) -> MountOptions:
-    args = build_parser().parse_args(argv)
+    args = read_command_line(argv)
     settings: dict[str, object] = {}
     fuse_options: set[str] = set()
     warnings: list[str] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -13,7 +12,9 @@ RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
 RENAME_WHITEOUT = 1 << 2
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library is already loaded into the interpreter: no search for it (ctypes.util's
+# find_library runs ldconfig in a child process).
+_libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
                        ctypes.c_uint]
@@ -78,6 +79,29 @@ def open_tree_clone(path: str) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return int(fd)
+
+
+_mount = _libc.mount
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                   ctypes.c_char_p]
+_mount.restype = ctypes.c_int
+_umount2 = _libc.umount2
+_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_umount2.restype = ctypes.c_int
+MNT_DETACH = 2
+
+
+def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    if _mount(os.fsencode(source), os.fsencode(target), os.fsencode(fstype), flags,
+              os.fsencode(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+def umount2(target: str, flags: int) -> None:
+    if _umount2(os.fsencode(target), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
 
 
 MAX_HANDLE_SZ = 128

@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from layerspec import build_layer, raw_snapshot
-from overlayfuse import KernelOverlay, Overlay, __version__, cli, layers, mounts
+from overlayfuse import KernelOverlay, Overlay, __version__, cli, fusedev, layers, mounts
 from overlayfuse.errors import MountError, UsageError
 from overlayfuse.options import (IdMapping, default_workdir, parse_args, split_escaped,
                                  split_option_string)
@@ -317,7 +318,7 @@ def test_missing_fuse_device(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("uid", [0, 1000])
 def test_fusermount3_needed_only_when_not_root(monkeypatch: pytest.MonkeyPatch, uid: int) -> None:
     monkeypatch.setattr(layers.os, "geteuid", lambda: uid)
-    monkeypatch.setattr(layers.shutil, "which", lambda name, *a, **kw: None)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None)
     if uid == 0:
         layers.check_environment()
         return
@@ -347,7 +348,7 @@ def test_cli_reports_an_unusable_fuse_device_in_one_line(
 def test_cli_reports_missing_fusermount3_in_one_line(
         base: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(layers.os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(layers.shutil, "which", lambda name, *a, **kw: None)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None)
     before = raw_snapshot(base)
     code = cli.main([f"{base}/l1", f"{base}/u", f"{base}/m"])
     out, err = capsys.readouterr()
@@ -357,14 +358,19 @@ def test_cli_reports_missing_fusermount3_in_one_line(
     assert not Path(default_workdir(f"{base}/u")).exists()
 
 
+@pytest.mark.parametrize("module", ["pyfuse3", "trio"])
 def test_cli_reports_a_missing_fuse_runtime(base: Path, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    # The checks run (and report) before pyfuse3/trio are needed: an import failure is one line.
-    monkeypatch.setitem(sys.modules, "overlayfuse.daemon", None)
-    code = cli.main(["-o", f"lowerdir={base}/l1", str(base / "m")])
+                                            capsys: pytest.CaptureFixture[str],
+                                            module: str) -> None:
+    # The runtime is looked for (not loaded) before anything is written or mounted.
+    monkeypatch.setitem(sys.modules, module, None)
+    before = raw_snapshot(base)
+    code = cli.main(["-o", f"lowerdir={base}/l1,upperdir={base}/u,workdir={base}/w",
+                     str(base / "m")])
     out, err = capsys.readouterr()
     assert code == cli.EXIT_MOUNT
-    assert err.count("\n") == 1 and "FUSE runtime" in err
+    assert err.count("\n") == 1 and "FUSE runtime" in err and module in err
+    assert raw_snapshot(base) == before
     assert not mounts.is_mounted(base / "m")
 
 
@@ -479,18 +485,40 @@ def test_fuse_options_pass_through() -> None:
     assert {"allow_other", "ro", "noatime", "fsname=my", "subtype=x"} <= options.fuse_options
     assert options.read_only
     assert options.warnings == ()
-    from overlayfuse.daemon import fuse_options
+    from overlayfuse.fusedev import fuse_options
     chosen = fuse_options(options, types.SimpleNamespace(read_only=False))
     assert {"allow_other", "ro", "noatime", "default_permissions"} <= chosen
     assert "rw" not in parse_args(["-o", "lowerdir=/a,rw", "/m"]).fuse_options
 
 
 def test_read_only_stack_always_mounts_ro() -> None:
-    from overlayfuse.daemon import fuse_options
+    from overlayfuse.fusedev import fuse_options
     options = parse_args(["-o", "lowerdir=/a:/b", "src,with\\comma", "/m"])
     chosen = fuse_options(options, types.SimpleNamespace(read_only=True))
     assert "ro" in chosen
     assert not any("," in item for item in chosen)   # the source cannot inject options
+
+
+@pytest.mark.parametrize("options, flags, kernel, fusermount", [
+    # root's defaults: allow_other,dev,suid
+    ({"default_permissions", "fsname=src", "subtype=overlayfuse", "allow_other", "dev", "suid"},
+     0, ("allow_other", "default_permissions"),
+     "rw,allow_other,default_permissions,fsname=src,subtype=overlayfuse"),
+    # a user's: FUSE's nosuid,nodev stay
+    ({"default_permissions", "fsname=src", "subtype=overlayfuse"},
+     fusedev.MS_NOSUID | fusedev.MS_NODEV, ("default_permissions",),
+     "rw,nosuid,nodev,default_permissions,fsname=src,subtype=overlayfuse"),
+    ({"ro", "noexec", "noatime", "sync", "dirsync", "allow_root", "auto_unmount", "fsname=a,b\\c"},
+     fusedev.MS_RDONLY | fusedev.MS_NOSUID | fusedev.MS_NODEV | fusedev.MS_NOEXEC
+     | fusedev.MS_NOATIME | fusedev.MS_SYNCHRONOUS | fusedev.MS_DIRSYNC, ("allow_other",),
+     "ro,nosuid,nodev,noexec,sync,dirsync,noatime,allow_other,fsname=a\\,b\\\\c,auto_unmount"),
+], ids=["root", "user", "flags-and-escapes"])
+def test_mount_request_as_libfuse_makes_it(options: set[str], flags: int, kernel: tuple,
+                                           fusermount: str) -> None:
+    request = fusedev.MountRequest.of(options)
+    assert (request.flags, request.kernel) == (flags, kernel)
+    assert request.auto_unmount == ("auto_unmount" in options)
+    assert request.fusermount_options() == fusermount
 
 
 def test_podman_style_options() -> None:

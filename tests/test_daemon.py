@@ -394,3 +394,131 @@ def test_upper_and_workdir_are_locked_by_the_daemon_alone_until_it_dies(
     again = start(reaped, [COMMAND, "-o", mount_options(stack), str(second)], second)
     assert again.returned()["code"] == 0
     assert sorted(os.listdir(second)) == EXPECTED_TOP
+
+
+# ---- start-up: the command mounts, the daemon loads the FUSE runtime afterwards ---------------
+
+# What the command must not load before it returns: the FUSE runtime and the request handlers
+# (the daemon loads them), and the heavy parts of the standard library.
+NOT_IN_THE_COMMAND = {"pyfuse3", "trio", "overlayfuse.daemon", "overlayfuse.loop",
+                      "overlayfuse.ops", "overlayfuse.tree", "logging", "dataclasses", "inspect",
+                      "subprocess", "ctypes.util", "socket", "shutil", "typing_extensions"}
+
+
+def test_the_command_leaves_the_runtime_to_the_daemon(stack: dict, reaped: list) -> None:
+    # -X importtime reports each import on stderr; the daemon's stderr is /dev/null from the
+    # fork on, so every module reported was loaded by the command itself.
+    merged = stack["merged"]
+    reaper = start(reaped, ["env", "PYTHONPROFILEIMPORTTIME=1", COMMAND, "-o",
+                            mount_options(stack), str(merged)], merged)
+    returned = reaper.returned()
+    assert returned["code"] == 0, returned["stderr"]
+    loaded = {line.split("|")[-1].strip() for line in returned["stderr"].splitlines()
+              if line.startswith("import time:")}
+    assert "overlayfuse.fusedev" in loaded          # the report is there at all
+    assert loaded & NOT_IN_THE_COMMAND == set()
+    # and the daemon serves all the same
+    assert sorted(os.listdir(merged)) == EXPECTED_TOP
+    pid = the_daemon(merged, reaper)
+    mounts.unmount(merged)
+    assert reaper.exit_code(pid) == 0
+
+
+def test_stop_signal_while_the_runtime_loads(stack: dict, reaped: list, tmp_path: Path) -> None:
+    # The command returns before the daemon has loaded the runtime; a SIGTERM sent at once
+    # must still end in a clean unmount, not a dead mount.
+    merged = stack["merged"]
+    log = tmp_path / "log"
+    reaper = start(reaped, [COMMAND, "--log-file", str(log), "-o", mount_options(stack),
+                            str(merged)], merged)
+    assert reaper.returned()["code"] == 0
+    pid = the_daemon(merged, reaper)
+    os.kill(pid, signal.SIGTERM)
+    assert reaper.exit_code(pid) == 0
+    assert not mounts.is_mounted(merged)
+    assert "received signal 15: unmounting" in log.read_text()
+
+
+@pytest.fixture
+def broken_runtime(tmp_path: Path) -> dict[str, str]:
+    """An environment where pyfuse3 is found but fails to load."""
+    fake = tmp_path / "broken"
+    fake.mkdir()
+    (fake / "pyfuse3.py").write_text("raise ImportError('pyfuse3 broken on purpose')\n")
+    return dict(os.environ, PYTHONPATH=str(fake))
+
+
+def test_a_runtime_that_fails_in_the_foreground(stack: dict, broken_runtime: dict) -> None:
+    merged = stack["merged"]
+    result = subprocess.run([COMMAND, "-f", "-o", mount_options(stack), str(merged)],
+                            capture_output=True, text=True, env=broken_runtime,
+                            stdin=subprocess.DEVNULL, timeout=WAIT)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "cannot load the FUSE runtime" in lines[0], result.stderr
+    assert "broken on purpose" in lines[0]
+    assert not mounts.is_mounted(merged)
+
+
+def test_a_runtime_that_fails_in_the_daemon(stack: dict, reaped: list, broken_runtime: dict,
+                                            tmp_path: Path) -> None:
+    # The command has returned 0 by then (see docs/usage.md): the daemon logs the failure,
+    # removes the mount and exits 1.
+    merged = stack["merged"]
+    log = tmp_path / "log"
+    reaper = start(reaped, [COMMAND, "--log-file", str(log), "-o", mount_options(stack),
+                            str(merged)], merged, env=broken_runtime)
+    assert reaper.returned()["code"] == 0
+    while not reaper.done:
+        reaper.next_event()
+    assert sorted(reaper.exits.values()) == [0, 1]     # the intermediate fork, the daemon
+    assert not mounts.is_mounted(merged)
+    assert "cannot load the FUSE runtime: pyfuse3 broken on purpose" in log.read_text()
+
+
+def _mount_flags(merged: Path) -> tuple[set[str], str, str]:
+    """Options (per mount and of the superblock), type and source of the mount at `merged`."""
+    with open("/proc/self/mountinfo") as mountinfo:
+        fields = next(line.split() for line in mountinfo if line.split()[4] == str(merged))
+    separator = fields.index("-")
+    fstype, source, super_options = fields[separator + 1:separator + 4]
+    return set(fields[5].split(",")) | set(super_options.split(",")), fstype, source
+
+
+@pytest.mark.parametrize("extra, flags, absent", [
+    ("", {"rw"}, {"nosuid", "nodev", "noexec"}),
+    (",ro,noexec,nodev,noatime", {"ro", "noexec", "nodev", "noatime"}, {"nosuid"}),
+    (",nosuid,sync,dirsync", {"rw", "nosuid", "sync", "dirsync"}, {"nodev"}),
+], ids=["defaults", "ro-noexec-nodev-noatime", "nosuid-sync-dirsync"])
+def test_mount_options_reach_the_kernel(stack: dict, reaped: list, extra: str, flags: set[str],
+                                        absent: set[str]) -> None:
+    merged = stack["merged"]
+    reaper = start(reaped, [COMMAND, "-o", mount_options(stack) + extra + ",fsname=my\\,fs",
+                            str(merged)], merged)
+    returned = reaper.returned()
+    assert returned["code"] == 0, returned["stderr"]
+    mount_flags, fstype, source = _mount_flags(merged)
+    assert flags <= mount_flags and not absent & mount_flags, mount_flags
+    assert {"default_permissions", "allow_other", "user_id=0", "group_id=0"} <= mount_flags
+    assert (fstype, source) == ("fuse.overlayfuse", "my,fs")
+    assert sorted(os.listdir(merged)) == EXPECTED_TOP
+    pid = the_daemon(merged, reaper)
+    mounts.unmount(merged)
+    assert reaper.exit_code(pid) == 0
+
+
+def test_auto_unmount_outlives_a_killed_daemon(stack: dict, reaped: list) -> None:
+    # With auto_unmount, fusermount3 watches the daemon and unmounts when it dies.
+    merged = stack["merged"]
+    reaper = start(reaped, [COMMAND, "-o", mount_options(stack) + ",auto_unmount", str(merged)],
+                   merged)
+    assert reaper.returned()["code"] == 0
+    assert sorted(os.listdir(merged)) == EXPECTED_TOP
+    daemons = [pid for pid in processes_serving(merged, exclude={reaper.process.pid})
+               if b"fusermount3" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(daemons) == 1
+    os.kill(daemons[0], signal.SIGKILL)
+    deadline = time.monotonic() + WAIT
+    while mounts.is_mounted(merged) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not mounts.is_mounted(merged)

@@ -8,9 +8,11 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,12 +103,15 @@ def _open_to(path: Path) -> None:
         os.chmod(parent, mode | 0o011)
 
 
+def _user_command(env: dict, base: Path, merged: Path, *extra: str) -> list[str]:
+    return ["env", f"PYTHONPATH={env['pythonpath']}", env["python"], "-m", "overlayfuse",
+            *extra, f"{base}/lower:{base}/lower2", str(base / "upper"), str(merged)]
+
+
 @contextlib.contextmanager
 def user_mount(env: dict, base: Path, *extra: str) -> Iterator[Path]:
     merged = base / "merged"
-    command = [env["python"], "-m", "overlayfuse", *extra, f"{base}/lower:{base}/lower2",
-               str(base / "upper"), str(merged)]
-    done = as_user(env, "env", f"PYTHONPATH={env['pythonpath']}", *command, check=False)
+    done = as_user(env, *_user_command(env, base, merged, *extra), check=False)
     assert done.returncode == 0, done.stderr
     try:
         yield merged
@@ -211,3 +216,54 @@ def test_unprivileged_noatime_holds(user_env: dict, user_stack: Path, option: st
         seen = int(as_user(user_env, "stat", "-c", "%X", str(merged / "mine")).stdout)
     assert (seen != 1000) == moves
     assert (os.stat(user_stack / "upper/mine").st_atime != 1000) == moves
+
+
+def _daemons(merged: Path) -> list[int]:
+    """Live processes of the test user whose command line names `merged`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError):
+            continue
+        if os.fsencode(merged) in argv and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def test_unprivileged_stop_signal_unmounts(user_env: dict, user_stack: Path) -> None:
+    # Not root: the daemon cannot umount2(); it must go through fusermount3 itself.
+    base = user_stack
+    merged = base / "merged"
+    done = as_user(user_env, *_user_command(user_env, base, merged), check=False)
+    assert done.returncode == 0, done.stderr
+    try:
+        assert mounts.is_mounted(merged)
+        daemons = _daemons(merged)
+        assert len(daemons) == 1
+        os.kill(daemons[0], signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while (mounts.is_mounted(merged) or _daemons(merged)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not mounts.is_mounted(merged)
+        assert _daemons(merged) == []
+    finally:
+        for pid in _daemons(merged):
+            os.kill(pid, signal.SIGKILL)
+        mounts.unmount(merged)
+
+
+def test_refusal_by_fusermount3_is_one_line(user_env: dict, user_stack: Path) -> None:
+    # A mountpoint the user may not write: fusermount3 refuses, and says why.
+    base = user_stack
+    merged = base / "root-owned"
+    merged.mkdir()
+    done = as_user(user_env, *_user_command(user_env, base, merged), check=False)
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"overlayfuse: cannot mount on {merged}: fusermount3: ")
+    assert "Traceback" not in done.stderr
+    assert not mounts.is_mounted(merged)
+    assert _daemons(merged) == []
