@@ -12,7 +12,6 @@ import errno
 import os
 
 from .errors import MountError
-from .mounts import _unescape
 from .options import MountOptions
 from .syscalls import remount as remount_syscall
 
@@ -50,6 +49,7 @@ def mount_flags(vfs_flags: tuple[str, ...]) -> int:
 
 def mounted_at(mountpoint: str) -> tuple[str, set[str]] | None:
     """(filesystem type, superblock options) of the topmost mount at `mountpoint`."""
+    from .mounts import _unescape   # only on a remount: the mount path stays light
     found = None
     with open("/proc/self/mountinfo") as mountinfo:
         for line in mountinfo:
