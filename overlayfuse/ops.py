@@ -22,7 +22,7 @@ from .copyup import CopyUp
 from .idmap import OVERFLOW_ID, IdMap
 from .inodes import Node
 from .namespace import Caller, Namespace
-from .syscalls import open_noatime, open_readable_dir
+from .syscalls import fallocate, open_noatime, open_readable_dir
 from .tree import UPPER, Tree
 from .whiteout import proc_path
 from .xattrs import XattrNames, get_attr, list_attrs, remove_attr, set_attr
@@ -72,6 +72,7 @@ class OpenFile:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
+    enable_setxattr_flags = True     # a patched pyfuse3 passes the flags; stock ignores this
 
     def __init__(self, tree: Tree, timeout: float = 3600.0, debug: bool = False,
                  uids: IdMap | None = None, gids: IdMap | None = None) -> None:
@@ -314,6 +315,12 @@ class Operations(pyfuse3.Operations):
         return os.pwrite(self._files[fh].fd, buf, off)
 
     @_edge
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        # Only a handle open for writing gets here (the kernel checks), and opening a lower
+        # file for writing copied it up. Allocating or zeroing much may take a while.
+        await trio.to_thread.run_sync(fallocate, self._files[fh].fd, mode, offset, length)
+
+    @_edge
     async def read(self, fh: int, off: int, size: int) -> memoryview:
         handle = self._files[fh]
         if handle.layer != handle.node.top_layer:
@@ -381,11 +388,12 @@ class Operations(pyfuse3.Operations):
 
     @_edge
     async def setxattr(self, inode: int, name: bytes, value: bytes,
-                       ctx: pyfuse3.RequestContext) -> None:
+                       ctx: pyfuse3.RequestContext, flags: int = 0) -> None:
         copy_up, _ = self._writer()
         node = self._node(inode)
+        # The kernel copies up first, then lets the upper filesystem apply the flags.
         await copy_up.ensure_upper(node)
-        set_attr(*self.tree.xattr_target(node), self.xattr_names.to_real(name), value)
+        set_attr(*self.tree.xattr_target(node), self.xattr_names.to_real(name), value, flags)
 
     @_edge
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
