@@ -126,6 +126,8 @@ class Operations(pyfuse3.Operations):
     def _entry(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = node.ino
+        if node.st_ino:
+            entry.attr_ino = node.st_ino
         entry.generation = 0
         entry.entry_timeout = self.timeout
         entry.attr_timeout = self.timeout
