@@ -18,6 +18,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from . import capabilities
 from .copyup import CopyUp
 from .idmap import OVERFLOW_ID, IdMap
 from .inodes import Node
@@ -232,13 +233,17 @@ class Operations(pyfuse3.Operations):
     # ---- directories ---------------------------------------------------------------------
 
     @_edge
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
         node = self._node(inode)
         fh = self._new_fh()
         # A snapshot taken at opendir (and at each rewind) keeps offsets stable while the
         # directory changes: no stable entry is skipped or repeated.
         self._dirs[fh] = (node, [b".", b".."])
         node.open_files += 1
+        if capabilities.CACHED_LISTINGS:
+            # The kernel keeps the listing across opens. Every change to a listing goes
+            # through the kernel, which then drops it (the dir's version or mtime moves).
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
         return fh
 
     @_edge
