@@ -391,7 +391,8 @@ def document(results: dict[str, Any], png: str | None) -> str:
         "with `time.perf_counter`; start-up is not timed. Default mount options for all three "
         "(`-o lowerdir=…,upperdir=…,workdir=…` and nothing else; overlayfuse's default entry "
         "and attribute timeouts are 3600 s, fuse-overlayfs keeps its own default).",
-        "- **Operations**: *walk* is `os.walk` plus an `lstat` of every file (like `du`); "
+        "- **Operations**: *walk* is `os.walk` plus an `lstat` of every file (like `du`); *find* "
+        "runs `find(1)` over the merged tree (a readdir of every dir, no stat); "
         "*missing names* are the whited-out names plus names that never existed; *small-file "
         "reads* open and read every 5th visible file; *create* is open(O_CREAT|O_EXCL), write "
         "1 KiB, close, spread over existing lower dirs (so their copy-up is included); "

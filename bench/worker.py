@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -73,6 +74,14 @@ def op_walk(paths: list[str], request: dict[str, Any]) -> dict[str, Any]:
             except OSError:
                 errors += 1
     return {"count": files, "files": files, "dirs": dirs, "errors": errors}
+
+
+def op_find(paths: list[str], request: dict[str, Any]) -> dict[str, Any]:
+    """find(1) over the whole tree: a readdir of every dir, names printed (to a pipe)."""
+    done = subprocess.run(["find", request["root"]], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, check=False)
+    found = done.stdout.count(b"\n")
+    return {"count": found, "found": found, "errors": int(done.returncode != 0)}
 
 
 def op_read(paths: list[str], request: dict[str, Any]) -> dict[str, Any]:
@@ -177,7 +186,7 @@ def op_unlink(paths: list[str], request: dict[str, Any]) -> dict[str, Any]:
 
 
 OPS: dict[str, Callable[[list[str], dict[str, Any]], dict[str, Any]]] = {
-    "stat": op_stat, "readdir": op_readdir, "walk": op_walk, "read": op_read,
+    "stat": op_stat, "readdir": op_readdir, "walk": op_walk, "find": op_find, "read": op_read,
     "seqread": op_seqread, "create": op_create, "appends": op_appends, "copyup": op_copyup,
     "unlink": op_unlink,
 }

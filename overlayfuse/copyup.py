@@ -169,7 +169,12 @@ class CopyUp:
     def _became_upper(self, node: Node, st: os.stat_result) -> None:
         table = self.tree.table
         dev = self.tree.stack.layers[UPPER].dev
-        table.origin_ino[(dev, st.st_ino)] = node.ino
+        if node.st_ino:
+            # A name of a lower hard link is a file of its own now, shown with its own
+            # number, as by the kernel (which keeps the lower one only for nlink 1).
+            node.st_ino = table.shared_ino(dev, st.st_ino)
+        else:
+            table.origin_ino[(dev, st.st_ino)] = node.ino
         table.set_identity(node, (dev, st.st_ino))
         if node.is_dir:
             node.layers = (UPPER, *node.layers)

@@ -1,8 +1,9 @@
 """The inode table: one Node per object the kernel knows, with FUSE lookup counts.
 
-A node's FUSE node id is also its st_ino (pyfuse3 cannot tell them apart). Where all layers
-share one filesystem it is the real inode number of the visible object (of the lower object,
-for something copied up during this mount); otherwise the real number tagged with the
+A node's FUSE node id is also its st_ino, unless `Node.st_ino` says otherwise (only with a
+pyfuse3 that can show an st_ino apart from the node id). Where all layers share one
+filesystem it is the real inode number of the visible object (of the lower object, for
+something copied up during this mount); otherwise the real number tagged with the
 filesystem's position in its top bits. A number that is taken already gets a synthetic one.
 """
 
@@ -28,7 +29,7 @@ class UpperDirState:
 
 @dataclass(eq=False, slots=True)
 class Node:
-    ino: int
+    ino: int                        # the FUSE node id
     parent: Node | None
     name: bytes
     is_dir: bool
@@ -45,6 +46,7 @@ class Node:
     copy_up_done: object = None     # a trio.Event while a copy-up is staging
     may_be_cached: bool = False     # a handle without O_DIRECT was opened: the kernel may
                                     # hold its data in the page cache
+    st_ino: int = 0                 # the st_ino shown, where it is not the node id
 
     @property
     def top_layer(self) -> int:
@@ -68,6 +70,7 @@ class NodeTable:
     origin_ino: dict[tuple[int, int], int] = field(default_factory=dict)   # copied-up object
     _next_synthetic: int = SYNTHETIC_BASE
     on_drop: object = None                          # callback(node) when a node is released
+    separate_st_ino: bool = False                   # st_ino may differ from the node id
 
     def get(self, ino: int) -> Node:
         node = self.by_ino.get(ino)
@@ -83,6 +86,14 @@ class NodeTable:
         if ino <= ROOT_INO or ino in self.by_ino:
             ino = self.synthetic_ino()
         return ino
+
+    def shared_ino(self, dev: int, real_ino: int) -> int:
+        """The st_ino to show for an object whose number several nodes share (the names of
+        a lower hard link) or that cannot have it as node id (the root); 0 where the node id
+        must be shown instead."""
+        if not self.separate_st_ino or real_ino >= (1 << FS_TAG_SHIFT):
+            return 0
+        return real_ino | (self.fs_tags.get(dev, 0) << FS_TAG_SHIFT)
 
     def synthetic_ino(self) -> int:
         while self._next_synthetic in self.by_ino:

@@ -18,11 +18,12 @@ from typing import Any
 import pyfuse3
 import trio
 
+from . import capabilities
 from .copyup import CopyUp
 from .idmap import OVERFLOW_ID, IdMap
 from .inodes import Node
 from .namespace import Caller, Namespace
-from .syscalls import open_noatime, open_readable_dir
+from .syscalls import fallocate, open_noatime, open_readable_dir
 from .tree import UPPER, Tree
 from .whiteout import proc_path
 from .xattrs import XattrNames, get_attr, list_attrs, remove_attr, set_attr
@@ -74,6 +75,7 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = True
+    enable_setxattr_flags = True     # a patched pyfuse3 passes the flags; stock ignores this
 
     def __init__(self, tree: Tree, timeout: float = 3600.0, debug: bool = False,
                  uids: IdMap | None = None, gids: IdMap | None = None) -> None:
@@ -127,6 +129,8 @@ class Operations(pyfuse3.Operations):
     def _entry(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = node.ino
+        if node.st_ino:
+            entry.attr_ino = node.st_ino
         entry.generation = 0
         entry.entry_timeout = self.timeout
         entry.attr_timeout = self.timeout
@@ -233,13 +237,17 @@ class Operations(pyfuse3.Operations):
     # ---- directories ---------------------------------------------------------------------
 
     @_edge
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
         node = self._node(inode)
         fh = self._new_fh()
         # A snapshot taken at opendir (and at each rewind) keeps offsets stable while the
         # directory changes: no stable entry is skipped or repeated.
         self._dirs[fh] = (node, [b".", b".."])
         node.open_files += 1
+        if capabilities.CACHED_LISTINGS:
+            # The kernel keeps the listing across opens. Every change to a listing goes
+            # through the kernel, which then drops it (the dir's version or mtime moves).
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
         return fh
 
     @_edge
@@ -337,6 +345,12 @@ class Operations(pyfuse3.Operations):
         return written
 
     @_edge
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        # Only a handle open for writing gets here (the kernel checks), and opening a lower
+        # file for writing copied it up. Allocating or zeroing much may take a while.
+        await trio.to_thread.run_sync(fallocate, self._files[fh].fd, mode, offset, length)
+
+    @_edge
     async def read(self, fh: int, off: int, size: int) -> memoryview:
         handle = self._files[fh]
         if handle.layer != handle.node.top_layer:
@@ -404,11 +418,12 @@ class Operations(pyfuse3.Operations):
 
     @_edge
     async def setxattr(self, inode: int, name: bytes, value: bytes,
-                       ctx: pyfuse3.RequestContext) -> None:
+                       ctx: pyfuse3.RequestContext, flags: int = 0) -> None:
         copy_up, _ = self._writer()
         node = self._node(inode)
+        # The kernel copies up first, then lets the upper filesystem apply the flags.
         await copy_up.ensure_upper(node)
-        set_attr(*self.tree.xattr_target(node), self.xattr_names.to_real(name), value)
+        set_attr(*self.tree.xattr_target(node), self.xattr_names.to_real(name), value, flags)
 
     @_edge
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -28,6 +28,18 @@ def renameat2(old_dir_fd: int, old_name: bytes, new_dir_fd: int, new_name: bytes
         raise OSError(err, os.strerror(err), old_name)
 
 
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its mode (os.posix_fallocate has none)."""
+    if _fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 UTIME_OMIT = (1 << 30) - 2
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from itertools import chain
 from dataclasses import dataclass
 
+from . import capabilities
 from .inodes import ROOT_INO, Node, NodeTable, UpperDirState
 from .layers import Stack
 from .listing import Listing, ListingCache, read_listing
@@ -50,7 +51,8 @@ class Tree:
         tags: dict[int, int] = {}
         for layer in stack.layers:
             tags.setdefault(layer.dev, 0 if stack.single_fs else len(tags))
-        self.table = NodeTable(fs_tags=tags, on_drop=self._on_drop)
+        self.table = NodeTable(fs_tags=tags, on_drop=self._on_drop,
+                               separate_st_ino=capabilities.ATTR_INO)
         self.origins = Origins(stack)
         self.listings = ListingCache(max_listing_entries)
         self._fds: OrderedDict[tuple[Node, int], int] = OrderedDict()
@@ -58,7 +60,8 @@ class Tree:
         self.root = Node(ino=ROOT_INO, parent=None, name=b"", is_dir=True,
                          layers=tuple(layer.index for layer in stack.layers),
                          real_inos=tuple(layer.ino for layer in stack.layers),
-                         identity=("root",), nlookup=1)
+                         identity=("root",), nlookup=1,
+                         st_ino=self.table.shared_ino(stack.layers[0].dev, stack.layers[0].ino))
         self.table.add(self.root)
         # Set by the FUSE edge: tells the kernel a node's cached attributes are stale.
         self.attrs_changed: Callable[[Node], None] = lambda node: None
@@ -301,6 +304,9 @@ class Tree:
         node = Node(ino=self.table.choose_ino(dev, real_ino), parent=parent,
                     name=name, is_dir=found.is_dir, layers=found.layers,
                     real_inos=found.real_inos, identity=identity)
+        if identity[0] == "lower-link":
+            # One node per name, all showing the object's number, as the kernel does.
+            node.st_ino = self.table.shared_ino(dev, real_ino)
         self.table.add(node)
         if not node.is_dir:
             self._keep_lower_stat(node, found)

@@ -23,6 +23,7 @@ import pytest
 from hardening import (c_getxattr, c_lgetxattr, c_listxattr, c_lsetxattr, c_renameat2,
                        c_setxattr, errno_of)
 from layerspec import raw_snapshot, snapshot
+from overlayfuse import capabilities
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -214,11 +215,11 @@ def test_rename_flags_the_kernel_refuses_are_einval(both) -> None:
         assert snapshot(ofs["merged"]) == snapshot(kernel["merged"])
 
 
-@pytest.mark.xfail(reason="setxattr with XATTR_CREATE|XATTR_REPLACE on a missing name succeeds "
-                          "(and sets it): pyfuse3's fuse_setxattr_async emulates the flags and "
-                          "checks only XATTR_CREATE when both are set; overlayfuse/ops.py "
-                          "Operations.setxattr never sees the flags. The kernel gives ENODATA",
-                   strict=True)
+@pytest.mark.xfail(not capabilities.SETXATTR_FLAGS,
+                   reason="stock pyfuse3: setxattr with XATTR_CREATE|XATTR_REPLACE on a missing "
+                          "name succeeds (and sets it): fuse_setxattr_async emulates the flags "
+                          "and checks only XATTR_CREATE when both are set. The kernel gives "
+                          "ENODATA", strict=True)
 def test_setxattr_with_both_flags_gives_the_kernels_errno(both) -> None:
     with both([{"f": "file:f"}], {"u": "file:u"}) as (kernel, ofs):
         results = {}

@@ -1,0 +1,18 @@
+"""What the installed pyfuse3 can do beyond the 3.5 release.
+
+scripts/setup builds pyfuse3 with patches/pyfuse3/*.patch; a stock pyfuse3 works too, without
+these (docs/design.md lists what is missing then).
+"""
+
+from __future__ import annotations
+
+import pyfuse3
+
+# The kernel sends FALLOCATE (registered with the handler): fallocate(2) works.
+FALLOCATE = hasattr(pyfuse3.Operations, "fallocate")
+# opendir may return a FileInfo with cache_readdir/keep_cache: the kernel caches listings.
+CACHED_LISTINGS = hasattr(pyfuse3.FileInfo, "cache_readdir")
+# EntryAttributes.attr_ino: the st_ino shown may differ from the FUSE node id.
+ATTR_INO = hasattr(pyfuse3.EntryAttributes, "attr_ino")
+# setxattr gets XATTR_CREATE/XATTR_REPLACE and applies them itself, atomically.
+SETXATTR_FLAGS = hasattr(pyfuse3.Operations, "enable_setxattr_flags")
