@@ -247,8 +247,18 @@ class Operations(pyfuse3.Operations):
         if capabilities.CACHED_LISTINGS:
             # The kernel keeps the listing across opens. Every change to a listing goes
             # through the kernel, which then drops it (the dir's version or mtime moves).
-            return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
+            # But a listing that should move the upper dir's atime must reach the daemon, and
+            # under strictatime every listing should.
+            moves = self._listing_moves_atime(node)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=not moves,
+                                    cache_readdir=not (moves and self.tree.stack.atime.strictatime))
         return fh
+
+    def _listing_moves_atime(self, node: Node) -> bool:
+        atime = self.tree.stack.atime
+        if not (self.tree.writable and UPPER in node.layers and atime.touches_dirs):
+            return False
+        return atime.read_would_update(os.stat(self.tree.dir_fd(node, UPPER)))
 
     @_edge
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
