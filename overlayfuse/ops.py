@@ -237,28 +237,17 @@ class Operations(pyfuse3.Operations):
     # ---- directories ---------------------------------------------------------------------
 
     @_edge
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
         fh = self._new_fh()
         # A snapshot taken at opendir (and at each rewind) keeps offsets stable while the
         # directory changes: no stable entry is skipped or repeated.
         self._dirs[fh] = (node, [b".", b".."])
         node.open_files += 1
-        if capabilities.CACHED_LISTINGS:
-            # The kernel keeps the listing across opens. Every change to a listing goes
-            # through the kernel, which then drops it (the dir's version or mtime moves).
-            # But a listing that should move the upper dir's atime must reach the daemon, and
-            # under strictatime every listing should.
-            moves = self._listing_moves_atime(node)
-            return pyfuse3.FileInfo(fh=fh, keep_cache=not moves,
-                                    cache_readdir=not (moves and self.tree.stack.atime.strictatime))
+        # Not cached by the kernel (cache_readdir), though the patched pyfuse3 could ask for
+        # it: the kernel fills one cache from every open handle, and the per-handle snapshots
+        # below then mix (duplicate names under concurrent changes; test_concurrency).
         return fh
-
-    def _listing_moves_atime(self, node: Node) -> bool:
-        atime = self.tree.stack.atime
-        if not (self.tree.writable and UPPER in node.layers and atime.touches_dirs):
-            return False
-        return atime.read_would_update(os.stat(self.tree.dir_fd(node, UPPER)))
 
     @_edge
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:

@@ -1,6 +1,6 @@
-"""Directory listings cached by the kernel (with a pyfuse3 that lets opendir ask for it): a
-warm listing costs the daemon no READDIR, and every change made through the mount shows in
-the next listing, as on kernel overlayfs."""
+"""Directory listings over a warm cache: every change made through the mount shows in the next
+listing, as on kernel overlayfs. The kernel does not cache listings for now (ops.opendir says
+why): a warm listing still reaches the daemon."""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from overlayfuse import capabilities
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-    pytest.mark.skipif(not capabilities.CACHED_LISTINGS,
-                       reason="stock pyfuse3: opendir cannot ask the kernel to cache listings"),
-]
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 LOWERS = [{"d/a": "file:a", "d/b": "file:b", "d/sub/x": "file:x", "e/y": "file:y",
            "gone": "dir", "gone/z": "file:z", "hl": "file:h", "hl2": "link:hl"},
@@ -68,6 +63,8 @@ def _readdirs(log: Path) -> int:
     return log.read_text().count("readdir(")
 
 
+@pytest.mark.xfail(strict=True, reason="kernel-cached listings are off: filled from several "
+                   "handles' snapshots they showed duplicate names under concurrent changes")
 def test_a_warm_listing_reaches_the_daemon_only_after_a_change(make_stack, mount_ofs,
                                                                 tmp_path: Path) -> None:
     stack = make_stack(LOWERS, UPPER)
