@@ -95,16 +95,20 @@ def test_a_whiteout_makes_a_dir_empty_but_an_xattr_whiteout_does_not(tmp_path: P
 
 # ---- one layer's listing -------------------------------------------------------------------
 
+def _listing(path: Path):
+    fd = os.open(path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        return read_listing(fd, lower=True)
+    finally:
+        os.close(fd)
+
+
 @needs_root
 def test_read_listing_sorts_entries_from_markers(tmp_path: Path) -> None:
     build_layer(tmp_path / "d", {"f": "file:f", "sub/x": "file:x", "w": "whiteout",
                                  "oci": "oci-whiteout", "link": "symlink:f"})
     (tmp_path / "d/.wh..wh..opq").write_bytes(b"")
-    fd = os.open(tmp_path / "d", os.O_PATH | os.O_DIRECTORY)
-    try:
-        listing = read_listing(fd, lower=True)
-    finally:
-        os.close(fd)
+    listing = _listing(tmp_path / "d")
     assert sorted(listing.entries) == [b"f", b"link", b"sub"]
     assert listing.entries[b"f"] == os.lstat(tmp_path / "d/f").st_ino
     assert listing.dirs == {b"sub"}
@@ -116,11 +120,7 @@ def test_read_listing_sorts_entries_from_markers(tmp_path: Path) -> None:
 def test_an_oci_whiteout_beside_its_own_name_hides_nothing(tmp_path: Path) -> None:
     build_layer(tmp_path / "d", {"a": "file:a", "b": "file:b"})
     (tmp_path / "d/.wh.a").write_bytes(b"")
-    fd = os.open(tmp_path / "d", os.O_PATH | os.O_DIRECTORY)
-    try:
-        listing = read_listing(fd, lower=True)
-    finally:
-        os.close(fd)
+    listing = _listing(tmp_path / "d")
     assert sorted(listing.entries) == [b"a", b"b"] and listing.whiteouts == frozenset()
 
 
