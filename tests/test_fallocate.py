@@ -47,6 +47,17 @@ CALLS = [
 ]
 
 
+# ext4 may count a block more or less for the same calls (an extent block, a partial range
+# zeroed by writing rather than by an unwritten extent), depending on what the page cache
+# holds: allocated sectors agree within two blocks.
+BLOCK_SLACK = 2 * BLOCK // 512
+
+
+def _allowing_slack(outcome: list[object]) -> list[object]:
+    """The outcome with each (size, blocks) reduced to its size: blocks are compared apart."""
+    return [entry[0] if isinstance(entry, tuple) else entry for entry in outcome]
+
+
 def _fallocate(fd: int, mode: int, offset: int, length: int) -> int:
     return 0 if _libc.fallocate(fd, mode, offset, length) == 0 else -ctypes.get_errno()
 
@@ -76,7 +87,11 @@ def test_fallocate_modes_match_the_kernel(both, name: str, create: bool) -> None
     with both(LOWERS, UPPER) as (kernel, ofs):
         results = {who: _exercise(stack["merged"], name, create)
                    for who, stack in (("kernel", kernel), ("ofs", ofs))}
-        assert results["ofs"] == results["kernel"]
+        assert _allowing_slack(results["ofs"]) == _allowing_slack(results["kernel"])
+        for ours, kernels in zip(results["ofs"], results["kernel"]):
+            if isinstance(ours, tuple):         # (size, blocks)
+                assert abs(ours[1] - kernels[1]) <= BLOCK_SLACK, (results["ofs"],
+                                                                  results["kernel"])
         assert results["ofs"][0] == 0           # the first call grows the file
         assert snapshot(ofs["merged"]) == snapshot(kernel["merged"])
         assert raw_snapshot(ofs["upper"]) == raw_snapshot(kernel["upper"])
