@@ -20,7 +20,7 @@ import trio
 
 from .inodes import Node, UpperDirState
 from .syscalls import RENAME_NOREPLACE, open_noatime, renameat2
-from .tree import UPPER, Tree
+from .tree import Tree
 from .whiteout import proc_path
 from .xattrs import XattrNames
 
@@ -134,8 +134,9 @@ def _stage_regular(src: int, dst: int, st: os.stat_result, names: XattrNames, sy
 
 class CopyUp:
     def __init__(self, tree: Tree, names: XattrNames) -> None:
-        assert tree.stack.work_fd is not None
+        assert tree.stack.work_fd is not None and tree.upper is not None
         self.tree = tree
+        self.upper = tree.upper
         self.names = names
         self.work = WorkDir(tree.stack.work_fd)
 
@@ -154,7 +155,7 @@ class CopyUp:
         """Move a finished copy from the work dir into the upper copy of `parent`, leaving the
         parent's mtime as it was (as the kernel does on copy-up). Its ctime changes, also
         for the kernel's cache."""
-        upper_fd = self.tree.dir_fd(parent, UPPER)
+        upper_fd = self.tree.dir_fd(parent, self.upper)
         parent_st = os.stat(upper_fd)
         try:
             renameat2(self.work.fd, temp, upper_fd, name, RENAME_NOREPLACE)
@@ -168,7 +169,7 @@ class CopyUp:
 
     def _became_upper(self, node: Node, st: os.stat_result) -> None:
         table = self.tree.table
-        dev = self.tree.stack.layers[UPPER].dev
+        dev = self.upper.dev
         if node.st_ino:
             # A name of a lower hard link is a file of its own now, shown with its own
             # number, as by the kernel (which keeps the lower one only for nlink 1).
@@ -177,11 +178,11 @@ class CopyUp:
             table.origin_ino[(dev, st.st_ino)] = node.ino
         table.set_identity(node, (dev, st.st_ino))
         if node.is_dir:
-            node.layers = (UPPER, *node.layers)
+            node.layers = (self.upper, *node.layers)
             node.real_inos = (st.st_ino, *node.real_inos)
             node.upper_state = UpperDirState(opaque=False, oci_whiteouts=set())
         else:
-            node.layers = (UPPER,)
+            node.layers = (self.upper,)
             node.real_inos = (st.st_ino,)
             node.lower_st = None
         # A merged dir reports st_nlink 1; a lower hard link becomes a single link.
@@ -189,14 +190,14 @@ class CopyUp:
 
     def directory(self, node: Node) -> None:
         """Copy up a directory (not its contents) and its parents. Synchronous: it is small."""
-        if UPPER in node.layers:
+        if node.in_upper:
             return
         parent = node.parent
         if parent is None:
             raise OSError(errno.ENOENT, "directory was removed")
         self.directory(parent)
         src_fd = self.tree.dir_fd(node, node.top_layer)
-        src_dev = self.tree.stack.layers[node.top_layer].dev
+        src_dev = node.top_layer.dev
         temp = self.stage_directory(
             src_fd, lambda temp: self.tree.origins.record((src_fd, None), src_dev,
                                                           (self.work.fd, temp)))
@@ -219,14 +220,14 @@ class CopyUp:
     async def ensure_upper(self, node: Node, with_data: bool = True) -> None:
         """Copy `node` up unless it is in the upper layer already. Without data (for an
         open with O_TRUNC, as the kernel does) the copy starts empty."""
-        if UPPER in node.layers:
+        if node.in_upper:
             return
         if node.is_dir:
             self.directory(node)
             return
         while node.copy_up_done is not None:        # another request is copying it
             await node.copy_up_done.wait()          # type: ignore[attr-defined]
-            if UPPER in node.layers:
+            if node.in_upper:
                 return
         done = trio.Event()
         node.copy_up_done = done
@@ -260,7 +261,7 @@ class CopyUp:
             self.work.discard(temp)
             raise
         # The name may have been removed or replaced while the data was copied.
-        if node.parent is None or UPPER in node.layers:
+        if node.parent is None or node.in_upper:
             self.work.discard(temp)
             if node.parent is None:
                 raise OSError(errno.ENOENT, "file was removed during copy-up")

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyfuse3
+
+if TYPE_CHECKING:
+    from .layers import Layer
 
 ROOT_INO = pyfuse3.ROOT_INODE
 SYNTHETIC_BASE = 1 << 63
@@ -33,7 +37,7 @@ class Node:
     parent: Node | None
     name: bytes
     is_dir: bool
-    layers: tuple[int, ...]         # layers holding the object, top first (one for a non-dir)
+    layers: tuple[Layer, ...]       # layers holding the object, top first (one for a non-dir)
     real_inos: tuple[int, ...]      # its real inode number in each of those layers
     identity: tuple = ()            # key of the visible real object in NodeTable.by_identity
     nlookup: int = 0
@@ -49,8 +53,13 @@ class Node:
     st_ino: int = 0                 # the st_ino shown, where it is not the node id
 
     @property
-    def top_layer(self) -> int:
+    def top_layer(self) -> Layer:
         return self.layers[0]
+
+    @property
+    def in_upper(self) -> bool:
+        """Whether the object has an upper part (always the top one, where there is one)."""
+        return self.layers[0].upper
 
     @property
     def unlinked(self) -> bool:

@@ -9,7 +9,6 @@ import fcntl
 import os
 import stat
 import time
-from collections import namedtuple
 
 from .atime import AtimePolicy
 from .errors import MountError
@@ -24,11 +23,24 @@ TRUSTED_PREFIX = b"trusted.overlay."
 USER_PREFIX = b"user.overlay."
 
 
-class Layer(namedtuple("Layer", "index path fd dev ino writable")):
+class Layer:
     """One layer: its index (0 is the top of the stack), its path, an O_PATH fd on its root
-    with that root's st_dev and st_ino, and whether it is the writable upper layer."""
+    with that root's st_dev and st_ino, and whether it is the upper layer (the writable one:
+    on a read-only mount an upperdir is one more lower layer, as in the kernel). Compared
+    and hashed by identity: a stack holds each layer once."""
 
-    __slots__ = ()
+    __slots__ = ("index", "path", "fd", "dev", "ino", "upper")
+
+    def __init__(self, index: int, path: str, fd: int, dev: int, ino: int, upper: bool) -> None:
+        self.index = index
+        self.path = path
+        self.fd = fd
+        self.dev = dev
+        self.ino = ino
+        self.upper = upper
+
+    def __repr__(self) -> str:
+        return f"Layer({self.index}, {self.path!r}{', upper' if self.upper else ''})"
 
 
 class Stack:
@@ -177,10 +189,10 @@ def _stat_dir_mountpoint(path: str) -> os.stat_result:
     return st
 
 
-def _layer(index: int, path: str, fd: int, writable: bool) -> Layer:
+def _layer(index: int, path: str, fd: int, upper: bool) -> Layer:
     st = os.fstat(fd)
     return Layer(index=index, path=os.path.abspath(path), fd=fd, dev=st.st_dev, ino=st.st_ino,
-                 writable=writable)
+                 upper=upper)
 
 
 def _detached(path: str) -> int:
@@ -318,7 +330,7 @@ def open_stack(options: MountOptions) -> Stack:
                 os.mkdir(options.workdir, 0o700)
             upper_fd, workdir_fd, atime = _upper_and_workdir(options.upperdir, options.workdir,
                                                              atime)
-            opened.append(_layer(0, options.upperdir, upper_fd, writable=True))
+            opened.append(_layer(0, options.upperdir, upper_fd, upper=True))
             try:
                 # Both locked before anything is written: the workdir is emptied next.
                 locks.append(_lock("upperdir", upper_fd, options.upperdir))
@@ -333,7 +345,7 @@ def open_stack(options: MountOptions) -> Stack:
                 locks.append(_lock("upperdir", opened[0].fd, options.upperdir))
             prefix = TRUSTED_PREFIX if os.geteuid() == 0 else USER_PREFIX
         for path in options.lowerdirs:
-            opened.append(_layer(len(opened), path, _detached(path), writable=False))
+            opened.append(_layer(len(opened), path, _detached(path), upper=False))
     except (OSError, MountError) as e:
         for fd in [layer.fd for layer in opened] + locks:
             os.close(fd)

@@ -9,6 +9,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .precedence import DIR, NONDIR, NOT_SAID, WHITED_OUT, Said
 from .syscalls import open_noatime
 from .whiteout import (HOLDS_XWHITEOUTS, OCI_OPAQUE_MARKER, OPAQUE, is_whiteout, is_xwhiteout,
                        oci_target, opaque_marker)
@@ -22,6 +23,13 @@ class Listing:
     opaque: bool
     oci_markers: frozenset[bytes]   # `.wh.*` entries themselves, removed when a name is re-used
     xwhiteouts: frozenset[bytes]    # the whiteouts that are xattr whiteouts
+
+    def says(self, name: bytes) -> Said:
+        """What this directory says about `name`, in the terms of precedence.py."""
+        d_ino = self.entries.get(name)
+        if d_ino is not None:
+            return (DIR if name in self.dirs else NONDIR), d_ino, None
+        return WHITED_OUT if name in self.whiteouts else NOT_SAID
 
 
 def read_listing(dir_fd: int, lower: bool, touch_atime: bool = False) -> Listing:

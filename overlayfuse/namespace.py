@@ -18,7 +18,7 @@ from .copyup import CopyUp
 from .inodes import Node, UpperDirState
 from .layers import empty_directory
 from .syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
-from .tree import NAME_MAX, UPPER, Found, Tree
+from .tree import NAME_MAX, Found, Tree
 from .whiteout import is_reserved_name, is_whiteout, make_whiteout, proc_path, set_opaque
 
 # (uid, gid, mode, what a default ACL of the parent passes on) of a new object
@@ -41,7 +41,9 @@ def check_new_name(name: bytes) -> None:
 
 class Namespace:
     def __init__(self, tree: Tree, copy_up: CopyUp) -> None:
+        assert tree.upper is not None
         self.tree = tree
+        self.upper = tree.upper
         self.copy_up = copy_up
         self.work = copy_up.work
         self.prefix = tree.stack.xattr_prefix
@@ -53,28 +55,17 @@ class Namespace:
 
     def _upper_entry(self, parent: Node, name: bytes) -> os.stat_result | None:
         try:
-            return os.stat(name, dir_fd=self.tree.dir_fd(parent, UPPER), follow_symlinks=False)
+            return os.stat(name, dir_fd=self.tree.dir_fd(parent, self.upper),
+                           follow_symlinks=False)
         except FileNotFoundError:
             return None
-
-    def lower_positive(self, parent: Node, name: bytes) -> bool:
-        """Whether a lower layer would show `name` if the upper had nothing there."""
-        for layer in parent.layers:
-            if layer == UPPER:
-                continue
-            listing = self.tree.lower_listing(parent, layer)
-            if name in listing.entries:
-                return True
-            if name in listing.whiteouts:
-                return False
-        return False
 
     def _owner(self, parent: Node, caller: Caller, mode: int) -> Owner:
         """Owner, mode and ACLs of a new object: a setgid directory passes on its group (and,
         to directories, its setgid bit); a default ACL passes on permissions, which also
         limit the mode."""
         self.copy_up.directory(parent)     # callers have checked the new name already
-        parent_fd = self.tree.dir_fd(parent, UPPER)
+        parent_fd = self.tree.dir_fd(parent, self.upper)
         parent_st = os.stat(parent_fd)
         gid = caller.gid
         if parent_st.st_mode & stat.S_ISGID:
@@ -124,7 +115,7 @@ class Namespace:
         try:
             if owner is not None:
                 self._set_owner(temp, *owner)
-            upper_fd = self.tree.dir_fd(parent, UPPER)
+            upper_fd = self.tree.dir_fd(parent, self.upper)
             replaces_whiteout = False
             try:
                 renameat2(work, temp, upper_fd, name, RENAME_NOREPLACE)
@@ -144,7 +135,7 @@ class Namespace:
 
     def _new_node(self, parent: Node, name: bytes, st: os.stat_result, opaque: bool = False
                   ) -> Node:
-        node = self.tree.node_for(parent, name, Found((UPPER,), (st.st_ino,), st),
+        node = self.tree.node_for(parent, name, Found((self.upper,), (st.st_ino,), st),
                                   made_here=True)
         if node.is_dir:
             node.upper_state = UpperDirState(opaque=opaque, oci_whiteouts=set())
@@ -231,8 +222,8 @@ class Namespace:
             raise OSError(errno.EISDIR, "is a directory", name)
         self.copy_up.directory(parent)
         self._keep_reachable(node, parent, name)
-        upper_fd = self.tree.dir_fd(parent, UPPER)
-        self._remove_name(parent, name, in_upper=node.top_layer == UPPER, upper_fd=upper_fd)
+        upper_fd = self.tree.dir_fd(parent, self.upper)
+        self._remove_name(parent, name, in_upper=node.in_upper, upper_fd=upper_fd)
         self.tree.table.remove_link(node, parent, name)
 
     def rmdir(self, parent: Node, name: bytes) -> None:
@@ -245,8 +236,8 @@ class Namespace:
             raise OSError(errno.ENOTEMPTY, "directory not empty", name)
         self.copy_up.directory(parent)
         self._keep_reachable(node, parent, name)
-        upper_fd = self.tree.dir_fd(parent, UPPER)
-        self._remove_name(parent, name, in_upper=UPPER in node.layers, upper_fd=upper_fd)
+        upper_fd = self.tree.dir_fd(parent, self.upper)
+        self._remove_name(parent, name, in_upper=node.in_upper, upper_fd=upper_fd)
         self._forget_dir(node)
         self.tree.table.remove_link(node, parent, name)
 
@@ -265,7 +256,7 @@ class Namespace:
 
     def _remove_name(self, parent: Node, name: bytes, in_upper: bool, upper_fd: int) -> None:
         """Make `name` vanish from the merged view: whiteout if a lower layer still has it."""
-        needs_whiteout = self.lower_positive(parent, name)
+        needs_whiteout = self.tree.lower_positive(parent, name)
         if not in_upper:
             if needs_whiteout:
                 make_whiteout(upper_fd, name)
@@ -325,7 +316,8 @@ class Namespace:
             self._check_movable(target)
         elif target is not None:
             self._check_types(source, target)
-            if target.is_dir and target.layers != (UPPER,) and not self.tree.is_empty_dir(target):
+            if target.is_dir and target.layers != (self.upper,) \
+                    and not self.tree.is_empty_dir(target):
                 raise OSError(errno.ENOTEMPTY, "target directory not empty")
         # Copy-ups may wait; everything after them runs without a pause.
         await self.copy_up.ensure_upper(source)
@@ -353,7 +345,7 @@ class Namespace:
 
     def _check_movable(self, node: Node) -> None:
         # Kernel overlayfs without redirect_dir: a directory with a lower part cannot move.
-        if node.is_dir and node.layers != (UPPER,):
+        if node.is_dir and node.layers != (self.upper,):
             raise OSError(errno.EXDEV, "directory has a lower layer")
 
     @staticmethod
@@ -366,7 +358,7 @@ class Namespace:
     def _check_replaceable(self, source: Node, target: Node, new_parent: Node) -> None:
         self._check_types(source, target)
         if target.is_dir and not self.tree.is_empty_dir(target):
-            if target.layers == (UPPER,):
+            if target.layers == (self.upper,):
                 # The kernel marks the source before the upper filesystem refuses a
                 # non-empty pure-upper target: the same marker stays behind here.
                 self._mark_opaque_if_needed(source, new_parent)
@@ -384,21 +376,21 @@ class Namespace:
               new_name: bytes, target: Node | None) -> None:
         if target is not None:
             self._keep_reachable(target, new_parent, new_name)
-        old_fd = self.tree.dir_fd(old_parent, UPPER)
-        new_fd = self.tree.dir_fd(new_parent, UPPER)
-        if target is not None and target.is_dir and UPPER in target.layers:
+        old_fd = self.tree.dir_fd(old_parent, self.upper)
+        new_fd = self.tree.dir_fd(new_parent, self.upper)
+        if target is not None and target.is_dir and target.in_upper:
             # The target's upper dir may hold whiteouts, which rename(2) would call entries:
             # swap in an empty stand-in first, as the kernel's ovl_clear_empty does. With the
             # target's owner, mode, times and xattrs, and opaque so that nothing below shows
             # through it, the view does not change: a crash here leaves the state before.
             temp = self.copy_up.stage_directory(
-                self.tree.dir_fd(target, UPPER),
+                self.tree.dir_fd(target, self.upper),
                 lambda temp: set_opaque(self.work.fd, temp, self.prefix))
             renameat2(self.work.fd, temp, new_fd, new_name, RENAME_EXCHANGE)
             self._forget_dir(target)
             self._delete_in_work(temp)
         self._mark_opaque_if_needed(source, new_parent)
-        whiteout = self.lower_positive(old_parent, old_name)
+        whiteout = self.tree.lower_positive(old_parent, old_name)
         occupant = self._upper_entry(new_parent, new_name)
         if source.is_dir and occupant is not None and is_whiteout(occupant):
             # A directory cannot replace the whiteout's chardev: swap them instead, and keep
@@ -424,7 +416,7 @@ class Namespace:
     def _set_opaque(self, node: Node) -> None:
         state = self.tree.upper_state(node)
         if not state.opaque:
-            set_opaque(self.tree.dir_fd(node, UPPER), None, self.prefix)
+            set_opaque(self.tree.dir_fd(node, self.upper), None, self.prefix)
             state.opaque = True
 
     def _exchange(self, old_parent: Node, old_name: bytes, source: Node, new_parent: Node,
@@ -433,8 +425,8 @@ class Namespace:
         self._check_movable(target)
         self._mark_opaque_if_needed(source, new_parent)
         self._mark_opaque_if_needed(target, old_parent)
-        renameat2(self.tree.dir_fd(old_parent, UPPER), old_name,
-                  self.tree.dir_fd(new_parent, UPPER), new_name, RENAME_EXCHANGE)
+        renameat2(self.tree.dir_fd(old_parent, self.upper), old_name,
+                  self.tree.dir_fd(new_parent, self.upper), new_name, RENAME_EXCHANGE)
         if source is target:
             return
         # The first move leaves both nodes claiming the new name; the second ends that.

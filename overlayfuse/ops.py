@@ -22,9 +22,10 @@ from . import capabilities
 from .copyup import CopyUp
 from .idmap import OVERFLOW_ID, IdMap
 from .inodes import Node
+from .layers import Layer
 from .namespace import Caller, Namespace
 from .syscalls import fallocate, open_noatime, open_readable_dir
-from .tree import UPPER, Tree
+from .tree import Tree
 from .whiteout import proc_path
 from .xattrs import XattrNames, get_attr, list_attrs, remove_attr, set_attr
 
@@ -59,7 +60,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
 class OpenFile:
     __slots__ = ("node", "fd", "layer", "direct", "retired")
 
-    def __init__(self, node: Node, fd: int, layer: int, direct: bool) -> None:
+    def __init__(self, node: Node, fd: int, layer: Layer, direct: bool) -> None:
         self.node = node
         self.fd = fd
         self.layer = layer
@@ -286,9 +287,9 @@ class Operations(pyfuse3.Operations):
     @_edge
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         node, _ = self._dirs[fh]
-        if self.tree.stack.volatile or not self.tree.writable or UPPER not in node.layers:
+        if self.tree.stack.volatile or not node.in_upper:
             return      # nothing of it was written by us
-        fd = open_readable_dir(self.tree.dir_fd(node, UPPER))
+        fd = open_readable_dir(self.tree.dir_fd(node, node.top_layer))
         try:
             os.fsync(fd)
         finally:
@@ -306,7 +307,7 @@ class Operations(pyfuse3.Operations):
         flags = (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW
         atime = self.tree.stack.atime
         keep_cache = True
-        if node.top_layer == UPPER and self.tree.writable and not atime.noatime:
+        if node.in_upper and not atime.noatime:
             fd = os.open(node.name, flags | os.O_CLOEXEC, dir_fd=self.tree.parent_fd(node))
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 # The daemon's reads move the atime: the next read must reach it if it should.
@@ -469,7 +470,7 @@ class Operations(pyfuse3.Operations):
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory")
         handle = self._files.get(fh) if fh is not None else None
-        if handle is not None and handle.layer == UPPER:
+        if handle is not None and handle.layer.upper:
             try:
                 os.ftruncate(handle.fd, size)
                 return

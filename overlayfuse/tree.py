@@ -13,28 +13,28 @@ import os
 import stat
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
-from itertools import chain
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import capabilities
 from .inodes import ROOT_INO, Node, NodeTable, UpperDirState
-from .layers import Stack
+from .layers import Layer, Stack
 from .listing import Listing, ListingCache, read_listing
 from .origin import Origins
+from .precedence import (DIR, NONDIR, NOT_SAID, WHITED_OUT, Said, resolve_name, shown,
+                         visible_names)
 from .whiteout import (OCI_OPAQUE_MARKER, has_opaque_xattr, is_reserved_name, is_whiteout,
                        oci_target)
 
 DIR_FD_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NAME_MAX = 255
-UPPER = 0   # index of the upper layer when the mount is writable
 
 
 @dataclass(slots=True)
 class Found:
     """Where a name resolves: the layers holding it (top first) and the top object's stat."""
 
-    layers: tuple[int, ...]
+    layers: tuple[Layer, ...]
     real_inos: tuple[int, ...]
     st: os.stat_result
 
@@ -47,6 +47,7 @@ class Tree:
     def __init__(self, stack: Stack, max_dir_fds: int = 4096,
                  max_listing_entries: int = 2_000_000) -> None:
         self.stack = stack
+        self.upper = stack.upper        # the writable layer; None on a read-only mount
         self.writable = stack.upper is not None
         tags: dict[int, int] = {}
         for layer in stack.layers:
@@ -55,10 +56,10 @@ class Tree:
                                separate_st_ino=capabilities.ATTR_INO)
         self.origins = Origins(stack)
         self.listings = ListingCache(max_listing_entries)
-        self._fds: OrderedDict[tuple[Node, int], int] = OrderedDict()
+        self._fds: OrderedDict[tuple[Node, Layer], int] = OrderedDict()
         self._max_fds = max_dir_fds
         self.root = Node(ino=ROOT_INO, parent=None, name=b"", is_dir=True,
-                         layers=tuple(layer.index for layer in stack.layers),
+                         layers=stack.layers,
                          real_inos=tuple(layer.ino for layer in stack.layers),
                          identity=("root",), nlookup=1,
                          st_ino=self.table.shared_ino(stack.layers[0].dev, stack.layers[0].ino))
@@ -68,11 +69,11 @@ class Tree:
 
     # ---- directory fds -------------------------------------------------------------------
 
-    def dir_fd(self, node: Node, layer: int) -> int:
+    def dir_fd(self, node: Node, layer: Layer) -> int:
         """An O_PATH fd on `node`'s directory in `layer` (valid until the next dir_fd call
         that has to open something, so never hold one across an await)."""
         if node is self.root:
-            return self.stack.layers[layer].fd
+            return layer.fd
         key = (node, layer)
         fd = self._fds.get(key)
         if fd is not None:
@@ -88,13 +89,13 @@ class Tree:
             os.close(old)
         return fd
 
-    def take_dir_fd(self, node: Node, layer: int) -> int:
+    def take_dir_fd(self, node: Node, layer: Layer) -> int:
         """`dir_fd`, but taken out of the cache: the caller owns it and closes it."""
         fd = self.dir_fd(node, layer)
         del self._fds[(node, layer)]
         return fd
 
-    def forget_dir_fd(self, node: Node, layer: int) -> None:
+    def forget_dir_fd(self, node: Node, layer: Layer) -> None:
         fd = self._fds.pop((node, layer), None)
         if fd is not None:
             os.close(fd)
@@ -116,10 +117,10 @@ class Tree:
             raise OSError(errno.ENOENT, "file was removed")
         return self.dir_fd(node.parent, node.top_layer)
 
-    # ---- listings ------------------------------------------------------------------------
+    # ---- listings ----------------------------------------------------------------------
 
-    def lower_listing(self, node: Node, layer: int) -> Listing:
-        key = (layer, node.real_inos[node.layers.index(layer)])
+    def lower_listing(self, node: Node, layer: Layer) -> Listing:
+        key = (layer.index, node.real_inos[node.layers.index(layer)])
         listing = self.listings.get(key)
         if listing is None:
             listing = read_listing(self.dir_fd(node, layer), lower=True)
@@ -129,12 +130,13 @@ class Tree:
     def upper_names(self, node: Node) -> Listing | None:
         """The upper part of `node`'s listing, read now for a readdir (which moves the upper
         dir's atime as the mount's atime policy says); None if it has no upper part."""
-        if self.writable and UPPER in node.layers:
+        if node.in_upper:
             return self.upper_listing(node, touch_atime=self.stack.atime.touches_dirs)
         return None
 
     def upper_listing(self, node: Node, touch_atime: bool = False) -> Listing:
-        listing = read_listing(self.dir_fd(node, UPPER), lower=False, touch_atime=touch_atime)
+        listing = read_listing(self.dir_fd(node, node.top_layer), lower=False,
+                               touch_atime=touch_atime)
         node.upper_state = UpperDirState(listing.opaque, _oci_whiteouts(listing))
         return listing
 
@@ -144,35 +146,26 @@ class Tree:
         assert node.upper_state is not None
         return node.upper_state
 
-    def layer_listing(self, node: Node, layer: int) -> Listing:
-        if self.writable and layer == UPPER:
-            return self.upper_listing(node)
-        return self.lower_listing(node, layer)
+    def _listings(self, node: Node, lower_only: bool = False) -> Iterator[Listing]:
+        """The listing of each layer of `node`, top first, read as they are needed."""
+        for layer in node.layers:
+            if not layer.upper:
+                yield self.lower_listing(node, layer)
+            elif not lower_only:
+                yield self.upper_listing(node)
 
     def list_names(self, node: Node) -> list[bytes]:
         """The merged listing: upper entries first, then each lower's new names."""
-        names: list[bytes] = []
-        seen: set[bytes] = set()
-        hidden: set[bytes] = set()
-        for layer in node.layers:
-            listing = self.layer_listing(node, layer)
-            for name in listing.entries:
-                if name not in seen and name not in hidden:
-                    seen.add(name)
-                    names.append(name)
-            hidden.update(listing.whiteouts)
-        return names
+        return list(visible_names(self._listings(node)))
 
     def is_empty_dir(self, node: Node) -> bool:
         """Whether rmdir may remove `node`. As in the kernel, a name whose topmost entry is
         a lower layer's xattr whiteout counts as an entry (ENOTEMPTY), though not listed."""
-        hidden: set[bytes] = set()
-        for layer in node.layers:
-            listing = self.layer_listing(node, layer)
-            if any(name not in hidden for name in chain(listing.entries, listing.xwhiteouts)):
-                return False
-            hidden.update(listing.whiteouts)
-        return True
+        return next(visible_names(self._listings(node), xwhiteouts_count=True), None) is None
+
+    def lower_positive(self, parent: Node, name: bytes) -> bool:
+        """Whether a lower layer would show `name` if the upper had nothing there."""
+        return shown(self._listings(parent, lower_only=True), name)
 
     # ---- resolution ----------------------------------------------------------------------
 
@@ -185,65 +178,56 @@ class Tree:
             raise OSError(errno.ENAMETOOLONG, "name too long")
         if is_reserved_name(name):
             return None         # a marker's own name, in any layer
-        layers: list[int] = []
-        inos: list[int] = []
-        top_st: os.stat_result | None = None
-        for layer in parent.layers:
-            if self.writable and layer == UPPER:
-                state = self.upper_state(parent)
-                if upper_names is not None and name not in upper_names.entries:
-                    if name in upper_names.whiteouts:
-                        return None
-                    continue
-                try:
-                    st = os.stat(name, dir_fd=self.dir_fd(parent, UPPER), follow_symlinks=False)
-                except FileNotFoundError:
-                    if name in state.oci_whiteouts:
-                        return None
-                    continue
-                if is_whiteout(st):
-                    return None
-                if not stat.S_ISDIR(st.st_mode):
-                    return Found((UPPER,), (st.st_ino,), st)
-                layers.append(UPPER)
-                inos.append(st.st_ino)
-                top_st = st
-                continue
-            listing = self.lower_listing(parent, layer)
-            d_ino = listing.entries.get(name)
-            if d_ino is None:
-                if name in listing.whiteouts:
-                    break
-                continue
-            is_dir = name in listing.dirs
-            if layers:
-                if not is_dir or self._is_opaque_child(parent, layers[-1], name, inos[-1]):
-                    break
-            elif not is_dir:
-                return Found((layer,), (d_ino,), self._lower_stat(parent, layer, name, d_ino))
-            if (self.stack.layers[layer].dev, d_ino) in self.stack.forbidden:
-                raise OSError(errno.ELOOP, "a layer root is inside a lower layer", name)
-            layers.append(layer)
-            inos.append(d_ino)
-        if not layers:
+
+        def ask(layer: Layer) -> Said:
+            if layer.upper:
+                return self._ask_upper(parent, layer, name, upper_names)
+            return self.lower_listing(parent, layer).says(name)
+
+        resolved = resolve_name(
+            parent.layers, ask,
+            lambda layer, ino: not self._is_opaque_child(parent, layer, name, ino))
+        if resolved is None:
             return None
+        is_dir, layers, inos, top_st = resolved
+        top = layers[0]
         if top_st is None:
-            top_st = os.stat(name, dir_fd=self.dir_fd(parent, layers[0]), follow_symlinks=False)
-            inos[0] = top_st.st_ino
+            if not is_dir:
+                top_st = self._lower_stat(parent, top, name, inos[0])
+            else:
+                top_st = os.stat(name, dir_fd=self.dir_fd(parent, top), follow_symlinks=False)
+                inos[0] = top_st.st_ino
+        if is_dir:
+            for layer, ino in zip(layers, inos):
+                if not layer.upper and (layer.dev, ino) in self.stack.forbidden:
+                    raise OSError(errno.ELOOP, "a layer root is inside a lower layer", name)
         return Found(tuple(layers), tuple(inos), top_st)
 
-    def _lower_stat(self, parent: Node, layer: int, name: bytes, d_ino: int) -> os.stat_result:
+    def _ask_upper(self, parent: Node, layer: Layer, name: bytes, upper_names: Listing | None
+                   ) -> Said:
+        if upper_names is not None and name not in upper_names.entries:
+            return WHITED_OUT if name in upper_names.whiteouts else NOT_SAID
+        try:
+            st = os.stat(name, dir_fd=self.dir_fd(parent, layer), follow_symlinks=False)
+        except FileNotFoundError:
+            return WHITED_OUT if name in self.upper_state(parent).oci_whiteouts else NOT_SAID
+        if is_whiteout(st):
+            return WHITED_OUT
+        return (DIR if stat.S_ISDIR(st.st_mode) else NONDIR), st.st_ino, st
+
+    def _lower_stat(self, parent: Node, layer: Layer, name: bytes, d_ino: int
+                    ) -> os.stat_result:
         """A lower non-directory never changes while mounted (but for its atime): a node
         that holds it keeps its stat."""
-        node = self.table.by_identity.get((self.stack.layers[layer].dev, d_ino))
+        node = self.table.by_identity.get((layer.dev, d_ino))
         if node is not None and node.lower_st is not None:
             return unpack_stat(node.lower_st)
         return os.stat(name, dir_fd=self.dir_fd(parent, layer), follow_symlinks=False)
 
-    def _is_opaque_child(self, parent: Node, layer: int, name: bytes, d_ino: int) -> bool:
+    def _is_opaque_child(self, parent: Node, layer: Layer, name: bytes, d_ino: int) -> bool:
         """Whether the directory `name` in `layer` (just found) is opaque."""
-        if self.writable and layer == UPPER:
-            parent_fd = self.dir_fd(parent, UPPER)
+        if layer.upper:
+            parent_fd = self.dir_fd(parent, layer)
             if has_opaque_xattr(parent_fd, name):
                 return True
             try:
@@ -251,22 +235,22 @@ class Tree:
             except OSError:
                 return False
             return True
-        listing = self.listings.get((layer, d_ino))
+        listing = self.listings.get((layer.index, d_ino))
         if listing is None:
             fd = os.open(name, DIR_FD_FLAGS, dir_fd=self.dir_fd(parent, layer))
             try:
                 listing = read_listing(fd, lower=True)
             finally:
                 os.close(fd)
-            self.listings.put((layer, d_ino), listing)
+            self.listings.put((layer.index, d_ino), listing)
         return listing.opaque
 
     def identity(self, found: Found, parent: Node, name: bytes) -> tuple:
         layer = found.layers[0]
-        if (self.writable and layer != UPPER and not found.is_dir and found.st.st_nlink > 1):
+        if self.writable and not layer.upper and not found.is_dir and found.st.st_nlink > 1:
             # Lower hard links part on copy-up (as with kernel index=off): one node per name.
             return ("lower-link", parent.ino, name)
-        return (self.stack.layers[layer].dev, found.real_inos[0])
+        return (layer.dev, found.real_inos[0])
 
     def lookup(self, parent: Node, name: bytes, upper_names: Listing | None = None
                ) -> tuple[Node, os.stat_result] | None:
@@ -292,13 +276,13 @@ class Tree:
             return node
         # A merged dir with an upper part is numbered after its topmost lower dir, as the
         # kernel does (its origin): the number then survives copy-up and remount alike.
-        source = 1 if found.is_dir and len(found.layers) > 1 and found.layers[0] == UPPER \
-            and self.writable else 0
-        dev, real_ino = self.stack.layers[found.layers[source]].dev, found.real_inos[source]
+        top = found.layers[0]
+        source = 1 if found.is_dir and len(found.layers) > 1 and top.upper else 0
+        dev, real_ino = found.layers[source].dev, found.real_inos[source]
         if self.origins.followed and not (made_here or found.is_dir) \
-                and found.layers[0] == UPPER and (dev, real_ino) not in self.table.origin_ino:
+                and top.upper and (dev, real_ino) not in self.table.origin_ino:
             # Copied up before this mount: numbered after its lower origin, as the kernel does.
-            origin = self.origins.lower_inode(self.dir_fd(parent, UPPER), name, found.st)
+            origin = self.origins.lower_inode(self.dir_fd(parent, top), name, found.st)
             if origin is not None:
                 dev, real_ino = origin
         node = Node(ino=self.table.choose_ino(dev, real_ino), parent=parent,
@@ -313,7 +297,7 @@ class Tree:
         return node
 
     def _keep_lower_stat(self, node: Node, found: Found) -> None:
-        if not (self.writable and found.layers[0] == UPPER):
+        if not found.layers[0].upper:
             node.lower_st = pack_stat(found.st)
 
     # ---- attributes ----------------------------------------------------------------------
@@ -335,7 +319,7 @@ class Tree:
     def xattr_target(self, node: Node) -> tuple[int, bytes | None]:
         """(fd, name) naming `node`'s top object for the xattr helpers (and the other calls
         that take a path); for a removed upper object still in use, the fd kept on it."""
-        if node.unlinked and node.orphan_fd is not None and node.top_layer == UPPER:
+        if node.unlinked and node.orphan_fd is not None and node.in_upper:
             return node.orphan_fd, None
         if node.is_dir:
             return self.dir_fd(node, node.top_layer), None

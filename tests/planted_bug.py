@@ -2,8 +2,8 @@
 one: removing a name never leaves a whiteout, so the lower version shows through again."""
 
 from overlayfuse.cli import main
-from overlayfuse.namespace import Namespace
+from overlayfuse.tree import Tree
 
-Namespace.lower_positive = lambda self, parent, name: False  # type: ignore[method-assign]
+Tree.lower_positive = lambda self, parent, name: False  # type: ignore[method-assign]
 
 raise SystemExit(main())

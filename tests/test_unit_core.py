@@ -14,13 +14,110 @@ import pytest
 
 from overlayfuse.copyup import copy_file_data
 from overlayfuse.inodes import ROOT_INO, SYNTHETIC_BASE, Node, NodeTable
-from overlayfuse.listing import read_listing
+from overlayfuse.layers import Layer
+from overlayfuse.listing import Listing, read_listing
+from overlayfuse.precedence import (DIR, NONDIR, NOT_SAID, WHITED_OUT, resolve_name, shown,
+                                    visible_names)
 from overlayfuse.whiteout import is_reserved_name, is_whiteout, oci_target
 from layerspec import build_layer
 from unit_stack import core
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="whiteouts are chardevs and opaque marks trusted xattrs")
+
+
+# ---- the precedence rule, on what each layer says ------------------------------------------
+
+LAYERS = [Layer(index, f"/l{index}", -1, 1, index, upper=index == 0) for index in range(4)]
+
+
+def _walk(*said, opaque: tuple[int, ...] = ()):
+    """resolve_name over layers that say `said` (top first), the dirs in layers `opaque`
+    opaque; the layer indexes and inode numbers found, and the layers asked."""
+    asked: list[int] = []
+
+    def ask(layer: Layer):
+        asked.append(layer.index)
+        return said[layer.index]
+
+    resolved = resolve_name(LAYERS[:len(said)], ask,
+                            lambda layer, ino: layer.index not in opaque)
+    if resolved is None:
+        return None, asked
+    return ([layer.index for layer in resolved.layers], resolved.inos, resolved.is_dir), asked
+
+
+def test_the_topmost_word_decides() -> None:
+    assert _walk(NOT_SAID, (NONDIR, 11, None), (NONDIR, 12, None)) == (([1], [11], False), [0, 1])
+    assert _walk(WHITED_OUT, (NONDIR, 11, None)) == (None, [0])
+    assert _walk(NOT_SAID, NOT_SAID) == (None, [0, 1])
+    assert _walk((DIR, 10, None), WHITED_OUT, (DIR, 12, None))[0] == ([0], [10], True)
+
+
+def test_a_dir_merges_with_the_dirs_below_until_something_else() -> None:
+    dirs = [(DIR, 10 + n, None) for n in range(4)]
+    assert _walk(*dirs)[0] == ([0, 1, 2, 3], [10, 11, 12, 13], True)
+    assert _walk(dirs[0], NOT_SAID, dirs[2], (NONDIR, 13, None))[0] == ([0, 2], [10, 12], True)
+    assert _walk(dirs[0], (NONDIR, 11, None), dirs[2])[0] == ([0], [10], True)
+    assert _walk(dirs[0], dirs[1], WHITED_OUT, dirs[3])[0] == ([0, 1], [10, 11], True)
+
+
+def test_an_opaque_dir_ends_the_merge_and_opacity_is_asked_only_when_it_matters() -> None:
+    dirs = [(DIR, 10 + n, None) for n in range(4)]
+    assert _walk(*dirs, opaque=(1,))[0] == ([0, 1], [10, 11], True)
+    assert _walk(dirs[0], (NONDIR, 11, None), opaque=(0,))[0] == ([0], [10], True)
+    asked_opaque: list[int] = []
+
+    def continues(layer: Layer, ino: int) -> bool:
+        asked_opaque.append(layer.index)
+        return True
+    resolve_name(LAYERS[:2], lambda layer: [(NONDIR, 1, None), dirs[1]][layer.index], continues)
+    resolve_name(LAYERS[:2], lambda layer: [dirs[0], NOT_SAID][layer.index], continues)
+    assert asked_opaque == []
+
+
+def _fake_listing(entries: dict[str, str], whiteouts: str = "", xwhiteouts: str = "") -> Listing:
+    """A listing from {name: "dir" or "file"} and whitespace-separated whited-out names."""
+    return Listing({name.encode(): n for n, name in enumerate(entries, 100)},
+                   frozenset(name.encode() for name, kind in entries.items() if kind == "dir"),
+                   frozenset(name.encode() for name in (whiteouts + " " + xwhiteouts).split()),
+                   False, frozenset(), frozenset(name.encode() for name in xwhiteouts.split()))
+
+
+def test_a_listing_says_what_it_holds() -> None:
+    listing = _fake_listing({"d": "dir", "f": "file"}, whiteouts="w")
+    assert listing.says(b"d") == (DIR, 100, None)
+    assert listing.says(b"f") == (NONDIR, 101, None)
+    assert listing.says(b"w") == WHITED_OUT and listing.says(b"x") == NOT_SAID
+
+
+def test_visible_names_are_the_topmost_entries_in_layer_order() -> None:
+    listings = [_fake_listing({"u": "file", "both": "dir"}, whiteouts="gone"),
+                _fake_listing({"both": "file", "gone": "file", "mid": "file"}, whiteouts="low"),
+                _fake_listing({"low": "file", "mid": "dir", "bottom": "file"})]
+    assert list(visible_names(listings)) == [b"u", b"both", b"mid", b"bottom"]
+    assert shown(listings[1:], b"gone") and not shown(listings[1:], b"low")
+    assert not shown(listings, b"gone") and shown(listings, b"bottom")
+    assert not shown(listings, b"nowhere")
+
+
+def test_a_topmost_xattr_whiteout_counts_for_rmdir_only() -> None:
+    listings = [_fake_listing({}, xwhiteouts="x"), _fake_listing({"x": "file"})]
+    assert list(visible_names(listings)) == []
+    assert list(visible_names(listings, xwhiteouts_count=True)) == [b"x"]
+    below = [_fake_listing({}, whiteouts="x"), _fake_listing({}, xwhiteouts="x")]
+    assert list(visible_names(below, xwhiteouts_count=True)) == []
+
+
+def test_layers_know_whether_they_are_the_upper(tmp_path: Path) -> None:
+    spec = [{"a": "file:a"}, {"b": "file:b"}]
+    with core(tmp_path / "rw", spec, {"u": "file:u"}) as ov:
+        assert [layer.upper for layer in ov.tree.root.layers] == [True, False, False]
+        assert ov.tree.upper is ov.tree.root.layers[0]
+        assert ov.node("u").in_upper and not ov.node("a").in_upper
+    with core(tmp_path / "ro", spec, read_only=True) as ov:
+        assert ov.tree.upper is None
+        assert not any(layer.upper for layer in ov.tree.root.layers)
 
 
 # ---- resolution ----------------------------------------------------------------------------
@@ -66,7 +163,7 @@ def test_a_file_above_ends_the_dir_below(tmp_path: Path) -> None:
     with core(tmp_path, lowers) as ov:
         assert _seen(ov, "x") == "file-on-top"
         found = ov.tree.resolve(ov.tree.root, b"x")
-        assert found is not None and not found.is_dir and found.layers == (1,)
+        assert found is not None and not found.is_dir and [l.index for l in found.layers] == [1]
 
 
 def test_a_dir_above_a_file_hides_it_and_does_not_merge(tmp_path: Path) -> None:
