@@ -133,9 +133,13 @@ def _stage_regular(src: int, dst: int, st: os.stat_result, names: XattrNames, sy
 
 
 class CopyUp:
-    def __init__(self, tree: Tree, names: XattrNames) -> None:
+    def __init__(self, tree: Tree, names: XattrNames,
+                 attrs_changed: Callable[[Node], None]) -> None:
+        """`attrs_changed(node)` tells the kernel that what it caches of `node`'s attributes
+        is stale (a copy-up changes them behind its back)."""
         assert tree.stack.work_fd is not None and tree.upper is not None
         self.tree = tree
+        self.attrs_changed = attrs_changed
         self.upper = tree.upper
         self.names = names
         self.work = WorkDir(tree.stack.work_fd)
@@ -164,29 +168,17 @@ class CopyUp:
             raise
         path, _ = proc_path(upper_fd)
         os.utime(path, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
-        self.tree.attrs_changed(parent)
+        self.attrs_changed(parent)
         return os.stat(name, dir_fd=upper_fd, follow_symlinks=False)
 
     def _became_upper(self, node: Node, st: os.stat_result) -> None:
-        table = self.tree.table
-        dev = self.upper.dev
-        if node.st_ino:
-            # A name of a lower hard link is a file of its own now, shown with its own
-            # number, as by the kernel (which keeps the lower one only for nlink 1).
-            node.st_ino = table.shared_ino(dev, st.st_ino)
-        else:
-            table.origin_ino[(dev, st.st_ino)] = node.ino
-        table.set_identity(node, (dev, st.st_ino))
+        self.tree.table.copied_up(node, self.upper, st.st_ino)
         if node.is_dir:
-            node.layers = (self.upper, *node.layers)
-            node.real_inos = (st.st_ino, *node.real_inos)
             node.upper_state = UpperDirState(opaque=False, oci_whiteouts=set())
         else:
-            node.layers = (self.upper,)
-            node.real_inos = (st.st_ino,)
             node.lower_st = None
         # A merged dir reports st_nlink 1; a lower hard link becomes a single link.
-        self.tree.attrs_changed(node)
+        self.attrs_changed(node)
 
     def directory(self, node: Node) -> None:
         """Copy up a directory (not its contents) and its parents. Synchronous: it is small."""

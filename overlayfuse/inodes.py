@@ -1,10 +1,13 @@
-"""The inode table: one Node per object the kernel knows, with FUSE lookup counts.
+"""The inode table: one Node per object the kernel knows, its lifetime and its number.
 
-A node's FUSE node id is also its st_ino, unless `Node.st_ino` says otherwise (only with a
+A node lives while the kernel holds a lookup of it, a handle on it is open, or a live node
+names it as a parent; the table's methods are the only place those counts change. A node's
+FUSE node id is also its st_ino, unless `Node.st_ino` says otherwise (only with a
 pyfuse3 that can show an st_ino apart from the node id). Where all layers share one
 filesystem it is the real inode number of the visible object (of the lower object, for
 something copied up during this mount); otherwise the real number tagged with the
 filesystem's position in its top bits. A number that is taken already gets a synthetic one.
+Every such choice is made here.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class Node:
 @dataclass
 class NodeTable:
     fs_tags: dict[int, int]                         # st_dev -> tag for the inode number
+    writable: bool = False                          # lower hard links part on copy-up
     by_ino: dict[int, Node] = field(default_factory=dict)
     by_identity: dict[tuple, Node] = field(default_factory=dict)
     origin_ino: dict[tuple[int, int], int] = field(default_factory=dict)   # copied-up object
@@ -86,6 +90,55 @@ class NodeTable:
         if node is None:
             raise OSError(2, "stale inode", str(ino))  # ENOENT
         return node
+
+    # ---- numbering -------------------------------------------------------------------------
+
+    def identity(self, parent: Node, name: bytes, top: Layer, real_ino: int, is_dir: bool,
+                 nlink: int) -> tuple:
+        """The key under which the node of the object `top` shows at parent/name is found
+        again: the real object, or on a writable mount, each name of a lower hard link."""
+        if self.writable and not top.upper and not is_dir and nlink > 1:
+            # Lower hard links part on copy-up (as with kernel index=off): one node per name.
+            return ("lower-link", parent.ino, name)
+        return (top.dev, real_ino)
+
+    @staticmethod
+    def numbered_after(layers: tuple[Layer, ...], real_inos: tuple[int, ...], is_dir: bool
+                       ) -> tuple[int, int]:
+        """(st_dev, real inode number) a new node's number comes from. A merged dir with an
+        upper part is numbered after its topmost lower dir, as the kernel does (its origin):
+        the number then survives copy-up and remount alike."""
+        source = 1 if is_dir and len(layers) > 1 and layers[0].upper else 0
+        return layers[source].dev, real_inos[source]
+
+    def new_node(self, parent: Node, name: bytes, is_dir: bool, layers: tuple[Layer, ...],
+                 real_inos: tuple[int, ...], identity: tuple, number: tuple[int, int]) -> Node:
+        """Make and add the node of a newly met object, numbered after `number` (st_dev,
+        real inode number)."""
+        node = Node(ino=self.choose_ino(*number), parent=parent, name=name, is_dir=is_dir,
+                    layers=layers, real_inos=real_inos, identity=identity)
+        if identity[0] == "lower-link":
+            # One node per name, all showing the object's number, as the kernel does.
+            node.st_ino = self.shared_ino(*number)
+        self.add(node)
+        return node
+
+    def copied_up(self, node: Node, upper: Layer, upper_ino: int) -> None:
+        """`node` now has an upper copy, inode `upper_ino`: it keeps its number (the
+        kernel's origin rule), also for a later lookup once forgotten."""
+        if node.st_ino:
+            # A name of a lower hard link is a file of its own now, shown with its own
+            # number, as by the kernel (which keeps the lower one only for nlink 1).
+            node.st_ino = self.shared_ino(upper.dev, upper_ino)
+        else:
+            self.origin_ino[(upper.dev, upper_ino)] = node.ino
+        self.set_identity(node, (upper.dev, upper_ino))
+        if node.is_dir:
+            node.layers = (upper, *node.layers)
+            node.real_inos = (upper_ino, *node.real_inos)
+        else:
+            node.layers = (upper,)
+            node.real_inos = (upper_ino,)
 
     def choose_ino(self, dev: int, real_ino: int) -> int:
         ino = self.origin_ino.get((dev, real_ino))
@@ -163,6 +216,21 @@ class NodeTable:
             return
         new_parent.nchildren += 1
         self._release_child(old_parent)
+
+    # ---- lifetime --------------------------------------------------------------------------
+
+    @staticmethod
+    def looked_up(node: Node) -> None:
+        """The kernel was given `node` (a lookup, a readdirplus entry, a new object)."""
+        node.nlookup += 1
+
+    @staticmethod
+    def opened(node: Node) -> None:
+        node.open_files += 1
+
+    def closed(self, node: Node) -> None:
+        node.open_files -= 1
+        self._maybe_drop(node)
 
     def forget(self, ino: int, count: int) -> None:
         node = self.by_ino.get(ino)

@@ -90,9 +90,8 @@ class Operations(pyfuse3.Operations):
         self.copy_up: CopyUp | None = None
         self.namespace: Namespace | None = None
         if tree.writable:
-            self.copy_up = CopyUp(tree, self.xattr_names)
+            self.copy_up = CopyUp(tree, self.xattr_names, _invalidate_attrs)
             self.namespace = Namespace(tree, self.copy_up)
-        tree.attrs_changed = self._invalidate_attrs
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, tuple[Node, list[bytes]]] = {}
         self._next_fh = 1
@@ -109,13 +108,6 @@ class Operations(pyfuse3.Operations):
         self._reported.add(key)
         log.error("%s failed with an unexpected error, answered EIO:\n%s", handler,
                   "".join(traceback.format_exception(error)))
-
-    def _invalidate_attrs(self, node: Node) -> None:
-        # Attribute-only invalidation touches no page locks: safe inside a handler.
-        try:
-            pyfuse3.invalidate_inode(node.ino, attr_only=True)
-        except OSError:
-            pass    # the kernel does not hold this inode (ENOENT): nothing is cached
 
     def _caller(self, ctx: pyfuse3.RequestContext) -> Caller:
         """Who asks, in on-disk ids. What a caller with no mapping creates is stored as owned
@@ -175,7 +167,7 @@ class Operations(pyfuse3.Operations):
         return self.copy_up, self.namespace
 
     def _reply_new(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
-        node.nlookup += 1
+        self.tree.table.looked_up(node)
         return self._entry(node, st)
 
     def _add_file(self, node: Node, fd: int, direct: bool) -> int:
@@ -183,7 +175,7 @@ class Operations(pyfuse3.Operations):
         self._files[fh] = OpenFile(node, fd, node.top_layer, direct)
         if not direct:
             node.may_be_cached = True
-        node.open_files += 1
+        self.tree.table.opened(node)
         return fh
 
     # ---- lookup and attributes -----------------------------------------------------------
@@ -202,7 +194,7 @@ class Operations(pyfuse3.Operations):
         if found is None:
             return self._negative_entry()
         node, st = found
-        node.nlookup += 1
+        self.tree.table.looked_up(node)
         return self._entry(node, st)
 
     @_edge
@@ -244,7 +236,7 @@ class Operations(pyfuse3.Operations):
         # A snapshot taken at opendir (and at each rewind) keeps offsets stable while the
         # directory changes: no stable entry is skipped or repeated.
         self._dirs[fh] = (node, [b".", b".."])
-        node.open_files += 1
+        self.tree.table.opened(node)
         # Not cached by the kernel (cache_readdir), though the patched pyfuse3 could ask for
         # it: the kernel fills one cache from every open handle, and the per-handle snapshots
         # below then mix (duplicate names under concurrent changes; test_concurrency).
@@ -276,13 +268,12 @@ class Operations(pyfuse3.Operations):
             child, st = found
             if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
                 return
-            child.nlookup += 1
+            self.tree.table.looked_up(child)
 
     @_edge
     async def releasedir(self, fh: int) -> None:
         node, _ = self._dirs.pop(fh)
-        node.open_files -= 1
-        self.tree.table.forget(node.ino, 0)
+        self.tree.table.closed(node)
 
     @_edge
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
@@ -390,8 +381,7 @@ class Operations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh)
         handle.close()
-        handle.node.open_files -= 1
-        self.tree.table.forget(handle.node.ino, 0)
+        self.tree.table.closed(handle.node)
 
     @_edge
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -543,6 +533,14 @@ class Operations(pyfuse3.Operations):
         _, namespace = self._writer()
         await namespace.rename(self._node(parent_inode_old), name_old,
                                self._node(parent_inode_new), name_new, flags)
+
+
+def _invalidate_attrs(node: Node) -> None:
+    # Attribute-only invalidation touches no page locks: safe inside a handler.
+    try:
+        pyfuse3.invalidate_inode(node.ino, attr_only=True)
+    except OSError:
+        pass    # the kernel does not hold this inode (ENOENT): nothing is cached
 
 
 def _invalidate_data(ino: int) -> None:

@@ -13,7 +13,7 @@ import os
 import stat
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from . import capabilities
@@ -52,7 +52,7 @@ class Tree:
         tags: dict[int, int] = {}
         for layer in stack.layers:
             tags.setdefault(layer.dev, 0 if stack.single_fs else len(tags))
-        self.table = NodeTable(fs_tags=tags, on_drop=self._on_drop,
+        self.table = NodeTable(fs_tags=tags, writable=self.writable, on_drop=self._on_drop,
                                separate_st_ino=capabilities.ATTR_INO)
         self.origins = Origins(stack)
         self.listings = ListingCache(max_listing_entries)
@@ -64,8 +64,6 @@ class Tree:
                          identity=("root",), nlookup=1,
                          st_ino=self.table.shared_ino(stack.layers[0].dev, stack.layers[0].ino))
         self.table.add(self.root)
-        # Set by the FUSE edge: tells the kernel a node's cached attributes are stale.
-        self.attrs_changed: Callable[[Node], None] = lambda node: None
 
     # ---- directory fds -------------------------------------------------------------------
 
@@ -245,13 +243,6 @@ class Tree:
             self.listings.put((layer.index, d_ino), listing)
         return listing.opaque
 
-    def identity(self, found: Found, parent: Node, name: bytes) -> tuple:
-        layer = found.layers[0]
-        if self.writable and not layer.upper and not found.is_dir and found.st.st_nlink > 1:
-            # Lower hard links part on copy-up (as with kernel index=off): one node per name.
-            return ("lower-link", parent.ino, name)
-        return (layer.dev, found.real_inos[0])
-
     def lookup(self, parent: Node, name: bytes, upper_names: Listing | None = None
                ) -> tuple[Node, os.stat_result] | None:
         """Resolve `name` and return its node (made or re-used) and stat. Does not count a
@@ -265,33 +256,26 @@ class Tree:
                  ) -> Node:
         """The node for `found` at parent/name, made or re-used. `made_here`: the object was
         just created through this mount, so it has no copy-up origin to look for."""
-        identity = self.identity(found, parent, name)
-        node = self.table.by_identity.get(identity)
+        table = self.table
+        top = found.layers[0]
+        identity = table.identity(parent, name, top, found.real_inos[0], found.is_dir,
+                                  found.st.st_nlink)
+        node = table.by_identity.get(identity)
         if node is not None and node.is_dir == found.is_dir:
             if node.is_dir:
                 node.layers, node.real_inos = found.layers, found.real_inos
             else:
-                self.table.add_link(node, parent, name)
+                table.add_link(node, parent, name)
                 self._keep_lower_stat(node, found)
             return node
-        # A merged dir with an upper part is numbered after its topmost lower dir, as the
-        # kernel does (its origin): the number then survives copy-up and remount alike.
-        top = found.layers[0]
-        source = 1 if found.is_dir and len(found.layers) > 1 and top.upper else 0
-        dev, real_ino = found.layers[source].dev, found.real_inos[source]
+        number = table.numbered_after(found.layers, found.real_inos, found.is_dir)
         if self.origins.followed and not (made_here or found.is_dir) \
-                and top.upper and (dev, real_ino) not in self.table.origin_ino:
+                and top.upper and number not in table.origin_ino:
             # Copied up before this mount: numbered after its lower origin, as the kernel does.
-            origin = self.origins.lower_inode(self.dir_fd(parent, top), name, found.st)
-            if origin is not None:
-                dev, real_ino = origin
-        node = Node(ino=self.table.choose_ino(dev, real_ino), parent=parent,
-                    name=name, is_dir=found.is_dir, layers=found.layers,
-                    real_inos=found.real_inos, identity=identity)
-        if identity[0] == "lower-link":
-            # One node per name, all showing the object's number, as the kernel does.
-            node.st_ino = self.table.shared_ino(dev, real_ino)
-        self.table.add(node)
+            number = self.origins.lower_inode(self.dir_fd(parent, top), name, found.st) \
+                or number
+        node = table.new_node(parent, name, found.is_dir, found.layers, found.real_inos,
+                              identity, number)
         if not node.is_dir:
             self._keep_lower_stat(node, found)
         return node

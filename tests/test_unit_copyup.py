@@ -58,3 +58,14 @@ async def test_origin_names_the_copied_file_when_dir_fds_are_recycled_during_the
         upper_copy = ov.paths["upper"] / "d/f"
         assert upper_copy.read_text() == "the file"
         assert _origin_handle(upper_copy) == _handle(ov.paths["lowers"][0] / "d/f")
+
+
+def test_a_copy_up_tells_the_kernel_the_attributes_changed(tmp_path: Path) -> None:
+    """A copy-up changes attributes behind the kernel's back (a merged dir's nlink, the
+    parent's ctime): the callback given to CopyUp hears of the node and its parent."""
+    with core(tmp_path, [{"d/f": "file:f"}]) as ov:
+        node = ov.node("d/f")
+        trio.run(ov.copy_up.ensure_upper, node)
+        parent = ov.node("d")
+        assert node.in_upper and parent.in_upper
+        assert ov.attrs_changed.count(node) == 1 and parent in ov.attrs_changed

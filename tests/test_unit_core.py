@@ -285,6 +285,55 @@ def test_a_node_lives_while_looked_up_named_as_parent_or_open() -> None:
     assert table.get(ROOT_INO) is root and root.nchildren == 0
 
 
+def test_lookups_and_handles_keep_a_node_until_the_last_goes() -> None:
+    table = _table()
+    node = _add(table, table.get(ROOT_INO), b"f", 70, nlookup=0)
+    table.looked_up(node)
+    table.looked_up(node)
+    table.opened(node)
+    table.forget(70, 1)
+    table.closed(node)
+    assert table.get(70) is node                   # one lookup left
+    table.opened(node)
+    table.forget(70, 1)
+    assert table.get(70) is node                   # open
+    table.closed(node)
+    with pytest.raises(OSError):
+        table.get(70)
+
+
+UPPER_L = Layer(0, "/u", -1, 10, 2, upper=True)
+LOWER_L = Layer(1, "/l", -1, 20, 2, upper=False)
+
+
+def test_numbering_merged_dirs_and_lower_hard_links() -> None:
+    table = _table()
+    table.writable = True
+    root = table.get(ROOT_INO)
+    # A merged dir with an upper part is numbered after its lower dir (its origin).
+    assert table.numbered_after((UPPER_L, LOWER_L), (300, 400), True) == (20, 400)
+    assert table.numbered_after((UPPER_L,), (300,), False) == (10, 300)
+    # Each name of a lower hard link is a node of its own on a writable mount.
+    first = table.identity(root, b"a", LOWER_L, 500, False, nlink=2)
+    assert first == ("lower-link", ROOT_INO, b"a")
+    assert table.identity(root, b"a", UPPER_L, 500, False, nlink=2) == (10, 500)
+    table.writable = False
+    assert table.identity(root, b"a", LOWER_L, 500, False, nlink=2) == (20, 500)
+
+
+def test_a_copied_up_node_keeps_its_number_also_when_met_again() -> None:
+    table = _table()
+    root = table.get(ROOT_INO)
+    node = table.new_node(root, b"f", False, (LOWER_L,), (500,), (20, 500), (20, 500))
+    assert node.ino == 500 | (1 << 56)             # the second filesystem's tag
+    table.looked_up(node)
+    table.copied_up(node, UPPER_L, 900)
+    assert node.layers == (UPPER_L,) and node.real_inos == (900,)
+    assert table.by_identity[(10, 900)] is node
+    table.forget(node.ino, 1)                      # dropped, then met again in the upper
+    assert table.choose_ino(10, 900) == 500 | (1 << 56)
+
+
 def test_hard_link_names_move_and_leave() -> None:
     table = _table()
     root = table.get(ROOT_INO)

@@ -22,8 +22,9 @@ class Core:
     def __init__(self, paths: dict, tree: Tree) -> None:
         self.paths = paths
         self.tree = tree
-        self.copy_up = CopyUp(tree, XattrNames(tree.stack.xattr_prefix)) \
-            if tree.writable else None
+        self.attrs_changed: list[Node] = []     # what the kernel would have been told
+        self.copy_up = CopyUp(tree, XattrNames(tree.stack.xattr_prefix),
+                              self.attrs_changed.append) if tree.writable else None
 
     def node(self, path: str) -> Node:
         """Look `path` up from the root, as the kernel would, one name at a time."""
