@@ -19,9 +19,9 @@ from collections.abc import Callable
 import trio
 
 from .inodes import Node, UpperDirState
-from .syscalls import RENAME_NOREPLACE, open_noatime, renameat2
+from .syscalls import (RENAME_NOREPLACE, OwnedFd, open_in, open_noatime, proc_path,
+                       renameat2)
 from .tree import Tree
-from .whiteout import proc_path
 from .xattrs import XattrNames
 
 FICLONE = 0x40049409
@@ -239,9 +239,10 @@ class CopyUp:
         work = self.work.fd
         try:
             if stat.S_ISREG(st.st_mode):
-                # src_dir is not used past this await: other requests may close its number
-                # and reuse it meanwhile.
-                await self._stage_regular_file(src_dir, node.name, temp, st, with_data)
+                # Only fds of its own go past the await: src_dir is borrowed from the dir-fd
+                # cache, and other requests may close its number and reuse it meanwhile.
+                src = open_noatime(node.name, os.O_RDONLY | os.O_NOFOLLOW, src_dir)
+                await self._stage_regular_file(src, temp, st, with_data)
             else:
                 if stat.S_ISLNK(st.st_mode):
                     os.symlink(os.readlink(node.name, dir_fd=src_dir), temp, dir_fd=work)
@@ -260,19 +261,12 @@ class CopyUp:
             return
         self._became_upper(node, self._install_keeping_times(node.parent, temp, node.name))
 
-    async def _stage_regular_file(self, src_dir: int, name: bytes, temp: bytes,
-                                  st: os.stat_result, with_data: bool) -> None:
-        """Stage a copy of `name` and record its origin, through fds of its own: `src_dir`
-        is only used before the first await."""
-        src = open_noatime(name, os.O_RDONLY | os.O_NOFOLLOW, src_dir)
-        try:
-            dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                          dir_fd=self.work.fd)
-            try:
-                await trio.to_thread.run_sync(_stage_regular, src, dst, st, self.names,
-                                              not self.tree.stack.volatile, with_data)
-                self.tree.origins.record((src, None), st.st_dev, (dst, None))
-            finally:
-                os.close(dst)
-        finally:
-            os.close(src)
+    async def _stage_regular_file(self, src: int, temp: bytes, st: os.stat_result,
+                                  with_data: bool) -> None:
+        """Stage a copy of the file open as `src` (which it closes) and record its origin,
+        in a worker thread: only fds it owns cross the await."""
+        with OwnedFd(src), OwnedFd(open_in(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                       self.work.fd)) as dst:
+            await trio.to_thread.run_sync(_stage_regular, src, dst, st, self.names,
+                                          not self.tree.stack.volatile, with_data)
+            self.tree.origins.record((src, None), st.st_dev, (dst, None))

@@ -13,9 +13,9 @@ import time
 from .atime import AtimePolicy
 from .errors import MountError
 from .options import MountOptions
-from .syscalls import open_readable_dir, open_tree_clone, set_atime_attrs
+from .syscalls import (open_dir_path, open_given_dir, open_readable_dir, open_tree_clone, proc_path,
+                       set_atime_attrs)
 
-DIR_OPEN_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 LOCK_GRACE = 2.0       # seconds a busy upper dir or workdir is waited for before refusing
 WORK_SUBDIR = "work"   # staging area inside the workdir, the name kernel overlayfs uses too
 
@@ -204,13 +204,13 @@ def _detached(path: str) -> int:
     try:
         return open_tree_clone(path)
     except OSError:
-        return os.open(path, DIR_OPEN_FLAGS)
+        return open_given_dir(path)
 
 
 def _walk_down(root_fd: int, relative: str) -> int:
-    fd = os.dup(root_fd)
+    fd = open_dir_path(".", root_fd)
     for part in [p for p in relative.split("/") if p not in ("", ".")]:
-        next_fd = os.open(part, DIR_OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+        next_fd = open_dir_path(part, fd)
         os.close(fd)
         fd = next_fd
     return fd
@@ -232,7 +232,7 @@ def _upper_and_workdir(upper: str, workdir: str, atime: AtimePolicy
     try:
         root = open_tree_clone(common)
     except OSError:
-        root = os.open(common, DIR_OPEN_FLAGS)
+        root = open_given_dir(common)
         atime = atime._replace(by_mount=False)
     else:
         try:
@@ -250,7 +250,7 @@ def _upper_and_workdir(upper: str, workdir: str, atime: AtimePolicy
     # A mount between the common directory and one of them: take them as they are.
     os.close(upper_fd)
     os.close(work_fd)
-    return (os.open(upper, DIR_OPEN_FLAGS), os.open(workdir, DIR_OPEN_FLAGS),
+    return (open_given_dir(upper), open_given_dir(workdir),
             atime._replace(by_mount=False))
 
 
@@ -281,7 +281,7 @@ def _prepare_workdir(workdir_fd: int) -> int:
         os.mkdir(WORK_SUBDIR, 0o700, dir_fd=workdir_fd)
     except FileExistsError:
         pass
-    work_fd = os.open(WORK_SUBDIR, DIR_OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=workdir_fd)
+    work_fd = open_dir_path(WORK_SUBDIR, workdir_fd)
     empty_directory(work_fd)
     return work_fd
 
@@ -306,7 +306,7 @@ def _choose_xattr_prefix(work_fd: int) -> bytes:
     """trusted.overlay. where we may set trusted xattrs (real root), else user.overlay.,
     which kernel overlayfs reads with -o userxattr."""
     probe = TRUSTED_PREFIX + b"overlayfuse-probe"
-    path = b"/proc/self/fd/%d" % work_fd  # the magic link names the exact directory
+    path, _ = proc_path(work_fd)    # the magic link names the exact directory
     try:
         os.setxattr(path, probe, b"y")
     except OSError:

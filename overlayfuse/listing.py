@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .precedence import DIR, NONDIR, NOT_SAID, WHITED_OUT, Said
-from .syscalls import open_noatime
+from .syscalls import open_noatime, open_readable_dir
 from .whiteout import (HOLDS_XWHITEOUTS, OCI_OPAQUE_MARKER, OPAQUE, is_whiteout, is_xwhiteout,
                        oci_target, opaque_marker)
 
@@ -45,7 +45,7 @@ def read_listing(dir_fd: int, lower: bool, touch_atime: bool = False) -> Listing
     opaque = marker == OPAQUE
     holds_xwhiteouts = lower and marker == HOLDS_XWHITEOUTS
     if touch_atime:
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = open_readable_dir(dir_fd)
     else:
         fd = open_noatime(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd)
     try:

@@ -17,9 +17,10 @@ from . import acls
 from .copyup import CopyUp
 from .inodes import Node, UpperDirState
 from .layers import empty_directory
-from .syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
+from .syscalls import (RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, OwnedFd, open_dir_path,
+                       open_in, open_path, proc_path, renameat2)
 from .tree import NAME_MAX, Found, Tree
-from .whiteout import is_reserved_name, is_whiteout, make_whiteout, proc_path, set_opaque
+from .whiteout import is_reserved_name, is_whiteout, make_whiteout, set_opaque
 
 # (uid, gid, mode, what a default ACL of the parent passes on) of a new object
 Owner = tuple[int, int, int, acls.Inherited | None]
@@ -156,8 +157,8 @@ class Namespace:
         fd_box: list[int] = []
 
         def make(work: int, temp: bytes) -> None:
-            fd_box.append(os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                  stat.S_IMODE(mode), dir_fd=work))
+            fd_box.append(open_in(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, work,
+                                  stat.S_IMODE(mode)))
         try:
             st, _ = self._place(parent, name, make,
                                 self._owner(parent, caller, stat.S_IFREG | mode))
@@ -251,8 +252,7 @@ class Namespace:
         if node.is_dir:
             node.orphan_fd = self.tree.take_dir_fd(node, node.top_layer)
         elif node.open_files:
-            node.orphan_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                     dir_fd=self.tree.dir_fd(parent, node.top_layer))
+            node.orphan_fd = open_path(name, self.tree.dir_fd(parent, node.top_layer))
 
     def _remove_name(self, parent: Node, name: bytes, in_upper: bool, upper_fd: int) -> None:
         """Make `name` vanish from the merged view: whiteout if a lower layer still has it."""
@@ -278,11 +278,8 @@ class Namespace:
     def _delete_in_work(self, temp: bytes) -> None:
         st = os.stat(temp, dir_fd=self.work.fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            fd = os.open(temp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.work.fd)
-            try:
+            with OwnedFd(open_dir_path(temp, self.work.fd)) as fd:
                 empty_directory(fd)
-            finally:
-                os.close(fd)
             os.rmdir(temp, dir_fd=self.work.fd)
         else:
             os.unlink(temp, dir_fd=self.work.fd)

@@ -24,9 +24,9 @@ from .idmap import OVERFLOW_ID, IdMap
 from .inodes import Node
 from .layers import Layer
 from .namespace import Caller, Namespace
-from .syscalls import fallocate, open_noatime, open_readable_dir
+from .syscalls import (OwnedFd, fallocate, open_in, open_noatime, open_path, open_readable_dir,
+                       proc_path)
 from .tree import Tree
-from .whiteout import proc_path
 from .xattrs import XattrNames, get_attr, list_attrs, remove_attr, set_attr
 
 log = logging.getLogger("overlayfuse")
@@ -299,7 +299,7 @@ class Operations(pyfuse3.Operations):
         atime = self.tree.stack.atime
         keep_cache = True
         if node.in_upper and not atime.noatime:
-            fd = os.open(node.name, flags | os.O_CLOEXEC, dir_fd=self.tree.parent_fd(node))
+            fd = open_in(node.name, flags, self.tree.parent_fd(node))
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 # The daemon's reads move the atime: the next read must reach it if it should.
                 keep_cache = not atime.read_would_update(os.fstat(fd))
@@ -365,8 +365,7 @@ class Operations(pyfuse3.Operations):
 
     def _reopen_copied_up(self, handle: OpenFile) -> None:
         """The file was copied up since it was opened: read from the copy, as the kernel does."""
-        fd = os.open(handle.node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=self.tree.parent_fd(handle.node))
+        fd = open_in(handle.node.name, os.O_RDONLY, self.tree.parent_fd(handle.node))
         # Not closed yet: a read of this handle may still be using it in a worker thread.
         handle.retired.append(handle.fd)
         handle.fd, handle.layer = fd, handle.node.top_layer
@@ -467,25 +466,17 @@ class Operations(pyfuse3.Operations):
             except OSError as e:
                 if e.errno not in (errno.EBADF, errno.EINVAL):
                     raise
-        fd = os.open(node.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=self.tree.parent_fd(node))
-        try:
+        with OwnedFd(open_in(node.name, os.O_WRONLY, self.tree.parent_fd(node))) as fd:
             os.ftruncate(fd, size)
-        finally:
-            os.close(fd)
 
     def _chmod(self, node: Node, mode: int) -> None:
         if node.is_dir or node.unlinked:    # (a removed file kept only because it is open)
             os.chmod(proc_path(self.tree.xattr_target(node)[0])[0], mode)
             return
-        fd = os.open(node.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=self.tree.parent_fd(node))
-        try:
+        with OwnedFd(open_path(node.name, self.tree.parent_fd(node))) as fd:
             if stat.S_ISLNK(os.stat(fd).st_mode):
                 raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
             os.chmod(proc_path(fd)[0], mode)
-        finally:
-            os.close(fd)
 
     # ---- names ---------------------------------------------------------------------------
 

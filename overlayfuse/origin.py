@@ -19,8 +19,8 @@ import sys
 from collections import Counter
 
 from .layers import TRUSTED_PREFIX, Stack
-from .syscalls import filesystem_uuid, name_to_handle_at, open_by_handle_at, open_readable_dir
-from .whiteout import proc_path
+from .syscalls import (filesystem_uuid, name_to_handle_at, open_by_handle_at, open_readable_dir,
+                       proc_path)
 
 HEADER = struct.Struct("<BBBBB16s")     # version, magic, len, flags, type, uuid
 VERSION = 0

@@ -1,4 +1,11 @@
-"""Linux calls the os module lacks, through libc."""
+"""Raw system calls and the fds they open: the one place that opens an fd by name, builds a
+/proc/self/fd path, or calls libc for what the os module lacks.
+
+Every fd opened here is close-on-exec, and a name inside a layer is never followed if it
+is a symlink. Whoever gets an fd from an `open_*` function owns it and closes it (`OwnedFd`
+does so on leaving a block); fds borrowed from a cache (`Tree.dir_fd`) are only valid
+until the next request may run, so never across an `await`.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +65,55 @@ def utimensat_omit_both(path: bytes) -> None:
     if _utimensat(AT_FDCWD, path, times, 0x100) != 0:  # AT_SYMLINK_NOFOLLOW
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
+
+
+DIR_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class OwnedFd:
+    """`with OwnedFd(fd) as fd:` closes `fd` when the block ends, however it ends."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self.fd)
+
+
+def proc_path(fd: int, name: bytes | None = None) -> tuple[bytes, bool]:
+    """(path, follow_symlinks) reaching the object behind an O_PATH fd, or `name` inside that
+    directory, for calls that take no fd. The /proc magic link itself is followed (it names
+    the exact inode); `name` is not."""
+    if name is None:
+        return b"/proc/self/fd/%d" % fd, True
+    return b"/proc/self/fd/%d/%s" % (fd, name), False
+
+
+def open_given_dir(path: str) -> int:
+    """An O_PATH fd on a directory the user named (a layer, the workdir): symlinks in
+    `path` are followed, as mount(8) follows them."""
+    return os.open(path, DIR_PATH_FLAGS)
+
+
+def open_dir_path(name: bytes | str, dir_fd: int) -> int:
+    """An O_PATH fd on the directory `name` inside `dir_fd`; a symlink is not followed."""
+    return os.open(name, DIR_PATH_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+
+
+def open_path(name: bytes, dir_fd: int) -> int:
+    """An O_PATH fd on the object `name` inside `dir_fd`, whatever its type (a symlink
+    itself): it pins the inode, for fstat and /proc/self/fd paths."""
+    return os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+
+
+def open_in(name: bytes, flags: int, dir_fd: int, mode: int = 0o600) -> int:
+    """open(2) of `name` inside `dir_fd` with `flags`, never through a symlink."""
+    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
 
 
 def open_readable_dir(path_fd: int) -> int:

@@ -23,10 +23,10 @@ from .listing import Listing, ListingCache, read_listing
 from .origin import Origins
 from .precedence import (DIR, NONDIR, NOT_SAID, WHITED_OUT, Said, resolve_name, shown,
                          visible_names)
+from .syscalls import OwnedFd, open_dir_path
 from .whiteout import (OCI_OPAQUE_MARKER, has_opaque_xattr, is_reserved_name, is_whiteout,
                        oci_target)
 
-DIR_FD_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NAME_MAX = 255
 
 
@@ -80,7 +80,7 @@ class Tree:
         if node.parent is None:
             raise OSError(errno.ENOENT, "directory was removed")
         parent_fd = self.dir_fd(node.parent, layer)
-        fd = os.open(node.name, DIR_FD_FLAGS, dir_fd=parent_fd)
+        fd = open_dir_path(node.name, parent_fd)
         self._fds[key] = fd
         if len(self._fds) > self._max_fds:
             _, old = self._fds.popitem(last=False)
@@ -235,11 +235,8 @@ class Tree:
             return True
         listing = self.listings.get((layer.index, d_ino))
         if listing is None:
-            fd = os.open(name, DIR_FD_FLAGS, dir_fd=self.dir_fd(parent, layer))
-            try:
+            with OwnedFd(open_dir_path(name, self.dir_fd(parent, layer))) as fd:
                 listing = read_listing(fd, lower=True)
-            finally:
-                os.close(fd)
             self.listings.put((layer.index, d_ino), listing)
         return listing.opaque
 

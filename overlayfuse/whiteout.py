@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import stat
 
+from .syscalls import proc_path
+
 OCI_WHITEOUT_PREFIX = b".wh."
 OCI_OPAQUE_MARKER = b".wh..wh..opq"
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
@@ -31,15 +33,6 @@ def oci_target(name: bytes) -> bytes | None:
 def is_reserved_name(name: bytes) -> bool:
     """Names that would be read back as markers: they cannot be created through the mount."""
     return name.startswith(OCI_WHITEOUT_PREFIX)
-
-
-def proc_path(fd: int, name: bytes | None = None) -> tuple[bytes, bool]:
-    """(path, follow_symlinks) reaching the object behind an O_PATH fd, or `name` inside that
-    directory, for calls that take no fd. The /proc magic link itself is followed (it names
-    the exact inode); `name` is not."""
-    if name is None:
-        return b"/proc/self/fd/%d" % fd, True
-    return b"/proc/self/fd/%d/%s" % (fd, name), False
 
 
 def opaque_marker(fd: int, name: bytes | None = None) -> bytes | None:

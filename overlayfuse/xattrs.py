@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import os
 
-from .whiteout import proc_path
+from .syscalls import proc_path
 
 ESCAPE = b"overlay."
 XATTR_NAME_MAX = 255
