@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -8,12 +9,44 @@ from typing import Any
 
 import pytest
 
+import daemon_log
 from layerspec import build_stack
 from overlayfuse import KernelOverlay, Overlay, mounts
+from overlayfuse.errors import MountError
+from overlayfuse.layers import check_environment
 
 pytest_plugins = ["pytester"]
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{daemon_log.MARKER}(*patterns): the daemon log may hold records that "
+        "these regular expressions match (errors the test provokes on purpose)")
+
+
+@functools.cache
+def fuse_unavailable() -> str | None:
+    """None if this process can mount overlayfuse, else why not: the command's own check of
+    /dev/fuse (and of fusermount3 when not root), made once per session."""
+    try:
+        check_environment()
+    except MountError as e:
+        return f"mounts overlayfuse, which cannot be mounted here: {e}"
+    return None
+
+
+@pytest.fixture
+def fuse_available() -> None:
+    reason = fuse_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+needs_fuse = pytest.mark.usefixtures("fuse_available")
+"""For tests that mount overlayfuse other than through `Overlay` (the command, a script, an
+inner pytest run); `Overlay.mount` skips by itself (see `every_daemon_log_checked`)."""
 
 
 @pytest.fixture
@@ -26,7 +59,7 @@ def make_stack(tmp_path: Path) -> Callable[..., dict]:
 
 
 @pytest.fixture
-def mount_ofs(tmp_path: Path) -> Callable[..., Overlay]:
+def mount_ofs(tmp_path: Path, fuse_available: None) -> Callable[..., Overlay]:
     """mount_ofs(stack, read_only=False, **options) gives an Overlay of stack["merged"]
     (without the upper dir when read_only), to use in a `with`; `options` are Overlay's."""
     def mount(stack: dict, read_only: bool = False, **options: Any) -> Overlay:
@@ -179,3 +212,51 @@ def lowers_never_modified() -> Iterator[None]:
     finally:
         Overlay.mount, Overlay.unmount = real_mount, real_unmount  # type: ignore[method-assign]
     assert not changed, f"lower layers were modified while mounted: {changed}"
+
+
+# ---- no unexpected errors in the daemon's log (issue 13, item 4) ---------------------------
+
+@pytest.fixture(autouse=True)
+def every_daemon_log_checked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every Overlay (mount_ofs, both, the plugin's `overlay`, direct uses): what its daemon
+    wrote is read after the unmount (or at the end of the test, if it is still mounted), and
+    a failure it reports (see tests/daemon_log.py) fails the test in its teardown, unless
+    the test's `daemon_log_allows` marker lists it. Where overlayfuse cannot be mounted, a
+    test that mounts it is skipped with the reason."""
+    marker = request.node.get_closest_marker(daemon_log.MARKER)
+    allowed = marker.args if marker is not None else ()
+    real_mount, real_unmount = Overlay.mount, Overlay.unmount
+    outputs: dict[int, tuple[str, daemon_log.DaemonOutput]] = {}
+    found: list[str] = []
+
+    def mount(overlay: Overlay) -> Overlay:
+        reason = fuse_unavailable()
+        if reason is not None:
+            pytest.skip(reason)
+        mounted: Overlay = real_mount(overlay)  # type: ignore[assignment]
+        outputs[id(overlay)] = (str(overlay.merged),
+                                daemon_log.DaemonOutput(overlay.pid, overlay.log_file))
+        return mounted
+
+    def unmount(overlay: Overlay) -> None:
+        try:
+            real_unmount(overlay)
+        finally:
+            if id(overlay) in outputs:
+                check(*outputs.pop(id(overlay)))
+
+    def check(merged: str, output: daemon_log.DaemonOutput) -> None:
+        # Overlays sharing a log file each read what the others wrote after their mount.
+        for record in daemon_log.unexpected(output.read(), allowed):
+            if not any(record in earlier for earlier in found):
+                found.append(f"overlayfuse on {merged}:\n{record}")
+
+    Overlay.mount, Overlay.unmount = mount, unmount  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Overlay.mount, Overlay.unmount = real_mount, real_unmount  # type: ignore[method-assign]
+        for merged, output in outputs.values():
+            check(merged, output)
+    assert not found, "the daemon logged unexpected errors (allow the expected ones with " \
+        f"@pytest.mark.{daemon_log.MARKER}):\n" + "\n".join(found)
