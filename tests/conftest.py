@@ -9,21 +9,15 @@ from typing import Any
 
 import pytest
 
-import daemon_log
 from layerspec import build_stack
-from overlayfuse import KernelOverlay, Overlay, mounts
+from overlayfuse import KernelOverlay, Overlay, logcheck, mounts
 from overlayfuse.errors import MountError
 from overlayfuse.layers import check_environment
+from overlayfuse.pytest_plugin import allowed_log_records
 
 pytest_plugins = ["pytester"]
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", f"{daemon_log.MARKER}(*patterns): the daemon log may hold records that "
-        "these regular expressions match (errors the test provokes on purpose)")
 
 
 @functools.cache
@@ -46,7 +40,7 @@ def fuse_available() -> None:
 
 needs_fuse = pytest.mark.usefixtures("fuse_available")
 """For tests that mount overlayfuse other than through `Overlay` (the command, a script, an
-inner pytest run); `Overlay.mount` skips by itself (see `every_daemon_log_checked`)."""
+inner pytest run): `Overlay.mount` skips by itself (see `every_daemon_log_checked`)."""
 
 
 @pytest.fixture
@@ -218,45 +212,32 @@ def lowers_never_modified() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def every_daemon_log_checked(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every Overlay (mount_ofs, both, the plugin's `overlay`, direct uses): what its daemon
-    wrote is read after the unmount (or at the end of the test, if it is still mounted), and
-    a failure it reports (see tests/daemon_log.py) fails the test in its teardown, unless
-    the test's `daemon_log_allows` marker lists it. Where overlayfuse cannot be mounted, a
-    test that mounts it is skipped with the reason."""
-    marker = request.node.get_closest_marker(daemon_log.MARKER)
-    allowed = marker.args if marker is not None else ()
+    """Every Overlay (mount_ofs, both, direct uses; the plugin's `overlay` checks its own the
+    same way): what its daemon wrote is read after the unmount, or at the end of the test if
+    it is still mounted, and a failure it reports (see overlayfuse/logcheck.py) fails the
+    test in its teardown, unless the test's `overlayfuse_log_allows` marker lists it. Where
+    overlayfuse cannot be mounted, a test that mounts it is skipped with the reason."""
+    log_check = logcheck.LogCheck(allowed_log_records(request.node))
     real_mount, real_unmount = Overlay.mount, Overlay.unmount
-    outputs: dict[int, tuple[str, daemon_log.DaemonOutput]] = {}
-    found: list[str] = []
 
     def mount(overlay: Overlay) -> Overlay:
         reason = fuse_unavailable()
         if reason is not None:
             pytest.skip(reason)
         mounted: Overlay = real_mount(overlay)  # type: ignore[assignment]
-        outputs[id(overlay)] = (str(overlay.merged),
-                                daemon_log.DaemonOutput(overlay.pid, overlay.log_file))
+        log_check.mounted(overlay)
         return mounted
 
     def unmount(overlay: Overlay) -> None:
         try:
             real_unmount(overlay)
         finally:
-            if id(overlay) in outputs:
-                check(*outputs.pop(id(overlay)))
-
-    def check(merged: str, output: daemon_log.DaemonOutput) -> None:
-        # Overlays sharing a log file each read what the others wrote after their mount.
-        for record in daemon_log.unexpected(output.read(), allowed):
-            if not any(record in earlier for earlier in found):
-                found.append(f"overlayfuse on {merged}:\n{record}")
+            log_check.unmounted(overlay)
 
     Overlay.mount, Overlay.unmount = mount, unmount  # type: ignore[method-assign]
     try:
         yield
     finally:
         Overlay.mount, Overlay.unmount = real_mount, real_unmount  # type: ignore[method-assign]
-        for merged, output in outputs.values():
-            check(merged, output)
-    assert not found, "the daemon logged unexpected errors (allow the expected ones with " \
-        f"@pytest.mark.{daemon_log.MARKER}):\n" + "\n".join(found)
+    failure = log_check.failure()
+    assert failure is None, failure

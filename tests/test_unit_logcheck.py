@@ -1,13 +1,13 @@
-"""The reading of a daemon's output by the teardown check (tests/daemon_log.py), on records
-made by the daemon's own log formatter."""
+"""The reading of a daemon's output by the teardown check (overlayfuse/logcheck.py), on
+records made by the daemon's own log formatter."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-from daemon_log import records, unexpected
 from overlayfuse.daemon import log_handler
+from overlayfuse.logcheck import records, unexpected
 from overlayfuse.options import parse_args
 
 FORMATTER = log_handler(parse_args(["-f", "-o", "lowerdir=/a", "/m"]), None).formatter
