@@ -38,7 +38,7 @@ def fuse_available() -> None:
         pytest.skip(reason)
 
 
-needs_fuse = pytest.mark.usefixtures("fuse_available")
+needs_fuse = pytest.mark.skipif(fuse_unavailable() is not None, reason=fuse_unavailable() or "")
 """For tests that mount overlayfuse other than through `Overlay` (the command, a script, an
 inner pytest run): `Overlay.mount` skips by itself (see `every_daemon_log_checked`)."""
 
