@@ -7,6 +7,9 @@
   overlayfuse and then kernel overlayfs; the kernel run is skipped, with the reason, where
   this process cannot mount kernel overlayfs.
 - `overlay_kind`: "overlayfuse" or "kernel", the one `overlay` mounts in this run.
+- `@pytest.mark.overlayfuse_log_allows(*patterns)`: log records of the daemons `overlay`
+  mounted that the test provokes on purpose (any other failure they log fails the test in
+  its teardown, see logcheck.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from . import logcheck
 from .overlay import BaseOverlay, KernelOverlay, Overlay, StrPath
 
 MARKER = "overlayfuse_and_kernel"
@@ -33,6 +37,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", f"{MARKER}: run the test once on overlayfuse and once on kernel overlayfs "
         "(the `overlay` fixture mounts each in turn; the kernel run is skipped where it "
         "cannot be mounted)")
+    config.addinivalue_line(
+        "markers", f"{logcheck.MARKER}(*patterns): the overlayfuse daemon may log records "
+        "that these regular expressions match (failures the test provokes on purpose)")
+
+
+def allowed_log_records(node: pytest.Item) -> tuple[str, ...]:
+    """The patterns of the test's `overlayfuse_log_allows` markers."""
+    return tuple(pattern for marker in node.iter_markers(logcheck.MARKER)
+                 for pattern in marker.args)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -57,11 +70,13 @@ def overlay_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def overlay(overlay_kind: str) -> Iterator[OverlayFactory]:
+def overlay(overlay_kind: str, request: pytest.FixtureRequest) -> Iterator[OverlayFactory]:
     """overlay(lowers, upper=None, workdir=None, merged=None, **options) mounts an overlay
     and returns it, mounted; `options` are those of `Overlay`. With an upper dir and no
     workdir, a fresh workdir is made beside the upper dir (the kernel wants it on the same
-    filesystem) and removed afterwards. Everything is unmounted when the test ends."""
+    filesystem) and removed afterwards. Everything is unmounted when the test ends; then a
+    failure an overlayfuse daemon logged fails the test, unless the test allows it."""
+    log_check = logcheck.LogCheck(allowed_log_records(request.node))
     with contextlib.ExitStack() as cleanup:
         def mount(lowers: Sequence[StrPath], upper: StrPath | None = None,
                   workdir: StrPath | None = None, merged: StrPath | None = None,
@@ -73,5 +88,9 @@ def overlay(overlay_kind: str) -> Iterator[OverlayFactory]:
                 cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
             made = KINDS[overlay_kind](lowers, upper, workdir, merged, **options)
             cleanup.enter_context(made)
+            log_check.mounted(made)
             return made
         yield mount
+    failure = log_check.failure()
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,11 +10,37 @@ from typing import Any
 import pytest
 
 from layerspec import build_stack
-from overlayfuse import KernelOverlay, Overlay, mounts
+from overlayfuse import KernelOverlay, Overlay, logcheck, mounts
+from overlayfuse.errors import MountError
+from overlayfuse.layers import check_environment
+from overlayfuse.pytest_plugin import allowed_log_records
 
 pytest_plugins = ["pytester"]
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@functools.cache
+def fuse_unavailable() -> str | None:
+    """None if this process can mount overlayfuse, else why not: the command's own check of
+    /dev/fuse (and of fusermount3 when not root), made once per session."""
+    try:
+        check_environment()
+    except MountError as e:
+        return f"mounts overlayfuse, which cannot be mounted here: {e}"
+    return None
+
+
+@pytest.fixture
+def fuse_available() -> None:
+    reason = fuse_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+needs_fuse = pytest.mark.skipif(fuse_unavailable() is not None, reason=fuse_unavailable() or "")
+"""For tests that mount overlayfuse other than through `Overlay` (the command, a script, an
+inner pytest run): `Overlay.mount` skips by itself (see `every_daemon_log_checked`)."""
 
 
 @pytest.fixture
@@ -26,7 +53,7 @@ def make_stack(tmp_path: Path) -> Callable[..., dict]:
 
 
 @pytest.fixture
-def mount_ofs(tmp_path: Path) -> Callable[..., Overlay]:
+def mount_ofs(tmp_path: Path, fuse_available: None) -> Callable[..., Overlay]:
     """mount_ofs(stack, read_only=False, **options) gives an Overlay of stack["merged"]
     (without the upper dir when read_only), to use in a `with`; `options` are Overlay's."""
     def mount(stack: dict, read_only: bool = False, **options: Any) -> Overlay:
@@ -179,3 +206,38 @@ def lowers_never_modified() -> Iterator[None]:
     finally:
         Overlay.mount, Overlay.unmount = real_mount, real_unmount  # type: ignore[method-assign]
     assert not changed, f"lower layers were modified while mounted: {changed}"
+
+
+# ---- no unexpected errors in the daemon's log (issue 13, item 4) ---------------------------
+
+@pytest.fixture(autouse=True)
+def every_daemon_log_checked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every Overlay (mount_ofs, both, direct uses; the plugin's `overlay` checks its own the
+    same way): what its daemon wrote is read after the unmount, or at the end of the test if
+    it is still mounted, and a failure it reports (see overlayfuse/logcheck.py) fails the
+    test in its teardown, unless the test's `overlayfuse_log_allows` marker lists it. Where
+    overlayfuse cannot be mounted, a test that mounts it is skipped with the reason."""
+    log_check = logcheck.LogCheck(allowed_log_records(request.node))
+    real_mount, real_unmount = Overlay.mount, Overlay.unmount
+
+    def mount(overlay: Overlay) -> Overlay:
+        reason = fuse_unavailable()
+        if reason is not None:
+            pytest.skip(reason)
+        mounted: Overlay = real_mount(overlay)  # type: ignore[assignment]
+        log_check.mounted(overlay)
+        return mounted
+
+    def unmount(overlay: Overlay) -> None:
+        try:
+            real_unmount(overlay)
+        finally:
+            log_check.unmounted(overlay)
+
+    Overlay.mount, Overlay.unmount = mount, unmount  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Overlay.mount, Overlay.unmount = real_mount, real_unmount  # type: ignore[method-assign]
+    failure = log_check.failure()
+    assert failure is None, failure

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_fuse
 from hardening import errno_of
 from overlayfuse import BaseOverlay, KernelOverlay, Overlay, OverlayError, mounts
 
@@ -94,6 +95,7 @@ with Overlay([sys.argv[1]]) as overlay:
 """
 
 
+@needs_fuse
 def test_ctrl_c_unmounts_and_reaps_the_daemon(tmp_path: Path) -> None:
     lower, _, _ = _layers(tmp_path)
     script = subprocess.Popen([sys.executable, "-c", CTRL_C, str(lower)],
@@ -196,6 +198,7 @@ def test_the_plugin_parametrises_and_cleans_up(pytester: pytest.Pytester, kernel
     assert _gone(int(pid))
 
 
+@needs_fuse
 def test_the_kernel_run_is_skipped_with_the_reason(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_user=PLUGIN_TESTS.split("def test_fails")[0])
     pytester.makeconftest(NO_KERNEL)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_fuse
+
 API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```\n", re.MULTILINE | re.DOTALL)
 PRINTS = re.compile(r"\A\s*prints\s*\Z")
@@ -43,6 +45,7 @@ def test_the_page_has_a_test_file_and_scripts_with_their_output() -> None:
     assert sum(shown is not None for _, shown in SCRIPTS) >= 2
 
 
+@needs_fuse
 @pytest.mark.parametrize("code", TEST_FILES, ids=[f"test-file-{i}" for i in range(len(TEST_FILES))])
 def test_the_test_file_passes(code: str, pytester: pytest.Pytester) -> None:
     tests = len(re.findall(r"^def test_", code, re.MULTILINE))
@@ -56,7 +59,11 @@ def test_the_test_file_passes(code: str, pytester: pytest.Pytester) -> None:
     assert outcomes.get("passed", 0) >= tests
 
 
-@pytest.mark.parametrize("code,shown", SCRIPTS, ids=[f"script-{i}" for i in range(len(SCRIPTS))])
+@pytest.mark.parametrize("code,shown", [
+    # (The API mounts in a `with` block: a script without one mounts nothing.)
+    pytest.param(code, shown, id=f"script-{i}",
+                 marks=[needs_fuse] if re.search(r"^\s*with ", code, re.MULTILINE) else [])
+    for i, (code, shown) in enumerate(SCRIPTS)])
 def test_the_script_runs(code: str, shown: str | None, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_fuse
 from layerspec import build_layer, raw_snapshot
 from overlayfuse import KernelOverlay, Overlay, __version__, cli, fusedev, layers, mounts
 from overlayfuse.errors import MountError, UsageError
@@ -114,6 +115,8 @@ MOUNT_ERRORS = {
 @pytest.fixture
 def base(tmp_path: Path) -> Iterator[Path]:
     """l1 (with sub), l2, u (with sub), w (with sub), m, a regular file, a tmpfs."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
     root = tmp_path / "b"
     build_layer(root, {"l1/sub/x": "file:x", "l2/y": "file:y", "u/sub": "dir", "u/f": "file:f",
                        "w/sub": "dir", "m": "dir", "file": "file:not a dir"})
@@ -290,6 +293,7 @@ def test_module_form_runs_too() -> None:
 
 # ---- the FUSE environment --------------------------------------------------------------------
 
+@needs_fuse
 def test_check_environment_passes_here() -> None:
     layers.check_environment()
 
@@ -319,6 +323,10 @@ def test_missing_fuse_device(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_fusermount3_needed_only_when_not_root(monkeypatch: pytest.MonkeyPatch, uid: int) -> None:
     monkeypatch.setattr(layers.os, "geteuid", lambda: uid)
     monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None)
+    real_access = os.access
+    monkeypatch.setattr(layers.os, "access",
+                        lambda path, mode, **kw: True if str(path) == "/dev/fuse"
+                        else real_access(path, mode, **kw))
     if uid == 0:
         layers.check_environment()
         return

@@ -8,9 +8,11 @@ import re
 import subprocess
 import sys
 
+from conftest import needs_fuse
 from overlayfuse.demo import marker_meaning
 
 
+@needs_fuse
 def test_the_tour_names_each_marker_by_its_meaning() -> None:
     done = subprocess.run([sys.executable, "-m", "overlayfuse.demo"], capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL)

@@ -39,6 +39,7 @@ def test_podman_keep_id_option_parses() -> None:
     assert parse_args(["-o", "lowerdir=/l,squash_to_root", "/m"]).squash_to_uid == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown lower files")
 def test_mapped_mount(make_stack, mount_ofs) -> None:
     """The issue's own example: with 0:100000:65536 a file stored as 0 shows as 100000, and a
     chown to 100033 through the mount stores 33."""

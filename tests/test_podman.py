@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from overlayfuse import mounts
+from podman_diff import stable_changes
 
 PACKAGES = {"podman": "podman", "runc": "runc", "busybox": "busybox-static"}
 # This machine's quirks (shared/spec/podman-contract.md): crun rejects the cgroup layout, no
@@ -97,17 +98,6 @@ def _busybox_tarball(base: Path) -> bytes:
                           check=True).stdout
 
 
-def _changes(diff: str) -> str:
-    """podman diff, without "C DIR" for a directory that only holds other changes: podman
-    reports those by comparing the upper dir's mtime with a lower layer's, so they come and
-    go with the seconds the build took."""
-    lines = sorted(diff.splitlines())
-    paths = [line.split(maxsplit=1)[1] for line in lines]
-    return "\n".join(line for line in lines
-                     if not (line.startswith("C ")
-                             and any(p.startswith(line[2:] + "/") for p in paths)))
-
-
 def _scenario(podman: Podman, workdir: Path) -> dict[str, str]:
     """run, build, diff, commit: what each shows."""
     podman("import", "-", "localhost/bb:latest", stdin=_busybox_tarball(workdir))
@@ -120,7 +110,7 @@ def _scenario(podman: Podman, workdir: Path) -> dict[str, str]:
                            "ls / | sort; ls /d; cat /f2; ls /f1 2>&1 || true")
     podman("run", "--name", "changed", *RUN_OPTIONS, "localhost/bb2", "sh", "-c",
            "echo x > /newfile && rm /f2 && echo more >> /d/new && mkdir -p /tmp/t")
-    seen["diff"] = _changes(podman("diff", "changed"))
+    seen["diff"] = stable_changes(podman("diff", "changed"))
     podman("commit", "changed", "localhost/bb3")
     seen["commit"] = podman("run", "--rm", *RUN_OPTIONS, "localhost/bb3", "sh", "-c",
                             "ls / | sort; cat /d/new /newfile; ls /f2 2>&1 || true")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def injected(tmp_path: Path) -> list[str]:
     return [sys.executable, str(script)]
 
 
+@pytest.mark.overlayfuse_log_allows(*(re.escape(message) for message in SITES.values()))
 def test_unexpected_exceptions_become_eio_and_the_daemon_goes_on(make_stack, injected: list[str],
                                                                  tmp_path: Path) -> None:
     lower = {"p/poison-link": "symlink:target", "p/poison-dir/x": "file:x",

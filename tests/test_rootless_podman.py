@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from podman_diff import stable_changes
+
 USER = "ofs-rootless"
 MOUNT_PROGRAM = "/usr/local/bin/overlayfuse"
 NEEDED = {"podman": "podman", "runc": "runc", "newuidmap": "uidmap", "busybox": "busybox-static"}
@@ -234,16 +236,6 @@ def _exported(user: User, container: str) -> list[tuple]:
                       for m in archive.getmembers())
 
 
-def _changes(diff: str) -> str:
-    """podman diff, without "C DIR" for a directory that only holds other changes: podman
-    reports those by comparing times, which come and go with the seconds a step took."""
-    lines = sorted(diff.splitlines())
-    paths = [line.split(maxsplit=1)[1] for line in lines]
-    return "\n".join(line for line in lines
-                     if not (line.startswith("C ")
-                             and any(p.startswith(line[2:] + "/") for p in paths)))
-
-
 def _storage_mounts(user: User) -> list[str]:
     """The mounts under the user's storage that podman's namespace (held by its pause process)
     still has. Mounts from elsewhere were copied in when it started and are not podman's."""
@@ -272,7 +264,7 @@ def _scenario(user: User) -> dict[str, object]:
            "echo x > /data/newfile && rm /data/b2 && echo more >> /lower/new && rm -r "
            "/data/dir2 && mkdir /data/dir2 && chmod 700 /data/sub2 && ln -s x /tmp/sym && "
            "ln /data/sub2/y /data/y.link")
-    seen["diff"] = _changes(podman("diff", "changed"))
+    seen["diff"] = stable_changes(podman("diff", "changed"))
     podman("commit", "changed", "localhost/committed")
     seen["commit"] = podman("run", "--rm", "localhost/committed", "sh", "-c", CHECK)
     seen["export"] = _exported(user, "changed")

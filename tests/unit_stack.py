@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 from overlayfuse.copyup import CopyUp
 from overlayfuse.inodes import Node
-from overlayfuse.layers import open_stack
+from overlayfuse import layers
 from overlayfuse.options import parse_args
 from overlayfuse.tree import Tree
 from overlayfuse.xattrs import XattrNames
@@ -47,7 +48,9 @@ def core(base: Path, lowers: list[dict[str, str]], upper: dict[str, str] | None 
     options = "lowerdir=" + ":".join(str(p) for p in paths["lowers"])
     if not read_only:
         options += f",upperdir={paths['upper']},workdir={paths['work']}"
-    stack = open_stack(parse_args(["-o", options, str(paths["merged"])]))
+    # Only a mount needs /dev/fuse (and fusermount3): the core runs without them.
+    with mock.patch.object(layers, "check_environment", lambda: None):
+        stack = layers.open_stack(parse_args(["-o", options, str(paths["merged"])]))
     tree = Tree(stack, max_dir_fds=max_dir_fds)
     try:
         yield Core(paths, tree)
