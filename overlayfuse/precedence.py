@@ -44,13 +44,15 @@ class Resolved(NamedTuple):
 
 
 def resolve_name(layers: Iterable[Layer], ask: Callable[[Layer], Said],
-                 continues_below: Callable[[Layer, int], bool]) -> Resolved | None:
+                 continues_below: Callable[[Layer, int], bool],
+                 collected: Callable[[Layer, int], None] | None = None) -> Resolved | None:
     """Where one name resolves, or None if it does not exist.
 
     `ask(layer)` says what `layer` holds under the name; `continues_below(layer, ino)`,
     asked only when a directory has another directory below it, whether the directory
-    found in `layer` lets the walk go on (not when it is opaque). A directory redirect
-    would be taught here: where the walk goes on below such a directory."""
+    found in `layer` lets the walk go on (not when it is opaque). `collected(layer, ino)`
+    hears of each directory collected before the layers below it are asked: a directory
+    redirect changes where they are asked (and `layers` may then go on elsewhere)."""
     found: list[Layer] = []
     inos: list[int] = []
     top_st = None
@@ -69,6 +71,8 @@ def resolve_name(layers: Iterable[Layer], ask: Callable[[Layer], Said],
             top_st = st
         found.append(layer)
         inos.append(ino)
+        if collected is not None:
+            collected(layer, ino)
     return Resolved(True, found, inos, top_st) if found else None
 
 

@@ -105,6 +105,21 @@ def open_dir_path(name: bytes | str, dir_fd: int) -> int:
     return os.open(name, DIR_PATH_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
 
 
+def open_dir_walk(path: bytes, dir_fd: int) -> int:
+    """open_dir_path of each component of `path` in turn ("a/b/c"): no symlink is followed
+    anywhere on the way."""
+    fd = os.dup(dir_fd)
+    try:
+        for part in path.split(b"/"):
+            next_fd = open_dir_path(part, fd)
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_path(name: bytes, dir_fd: int) -> int:
     """An O_PATH fd on the object `name` inside `dir_fd`, whatever its type (a symlink
     itself): it pins the inode, for fstat and /proc/self/fd paths."""
