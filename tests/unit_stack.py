@@ -42,11 +42,12 @@ class Core:
 
 @contextlib.contextmanager
 def core(base: Path, lowers: list[dict[str, str]], upper: dict[str, str] | None = None,
-         read_only: bool = False, max_dir_fds: int = 4096) -> Iterator[Core]:
+         read_only: bool = False, max_dir_fds: int = 4096, options: str = "") -> Iterator[Core]:
     paths = build_stack(base, lowers, upper)
-    options = "lowerdir=" + ":".join(str(p) for p in paths["lowers"])
+    layers = "lowerdir=" + ":".join(str(p) for p in paths["lowers"])
     if not read_only:
-        options += f",upperdir={paths['upper']},workdir={paths['work']}"
+        layers += f",upperdir={paths['upper']},workdir={paths['work']}"
+    options = layers + ("," + options if options else "")
     stack = open_stack(parse_args(["-o", options, str(paths["merged"])]))
     tree = Tree(stack, max_dir_fds=max_dir_fds)
     try:
