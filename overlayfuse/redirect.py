@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from .syscalls import proc_path
 
@@ -32,10 +32,14 @@ def check(value: bytes) -> bytes:
     return value
 
 
-def read(fd: int, name: bytes | None = None) -> bytes | None:
-    """The redirect of the dir behind `fd` (or `name` in it), checked; None if it has none."""
+def read(fd: int, name: bytes | None = None, present: Collection[bytes] | None = None
+         ) -> bytes | None:
+    """The redirect of the dir behind `fd` (or `name` in it), checked; None if it has none.
+    `present`: the names of the xattrs it has, if known."""
     path, follow = proc_path(fd, name)
     for attr in REDIRECT_XATTRS:
+        if present is not None and attr not in present:
+            continue
         try:
             return check(os.getxattr(path, attr, follow_symlinks=follow))
         except OSError as e:

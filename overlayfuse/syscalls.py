@@ -94,6 +94,13 @@ def proc_path(fd: int, name: bytes | None = None) -> tuple[bytes, bool]:
     return b"/proc/self/fd/%d/%s" % (fd, name), False
 
 
+def xattr_names(fd: int, name: bytes | None = None) -> frozenset[bytes]:
+    """The names of the xattrs of the object behind `fd` (or `name` in it), in one call: a
+    caller that wants several markers asks only for those present."""
+    path, follow = proc_path(fd, name)
+    return frozenset(map(os.fsencode, os.listxattr(path, follow_symlinks=follow)))
+
+
 def open_given_dir(path: str) -> int:
     """An O_PATH fd on a directory the user named (a layer, the workdir): symlinks in
     `path` are followed, as mount(8) follows them."""

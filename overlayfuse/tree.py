@@ -23,7 +23,7 @@ from .listing import Listing, ListingCache, read_listing
 from .origin import Origins
 from .precedence import (DIR, NONDIR, NOT_SAID, NOTHING, WHITED_OUT, WHITEOUT, Said,
                          resolve_name, shown, visible_names)
-from .syscalls import OwnedFd, open_dir_path, open_dir_walk
+from .syscalls import OwnedFd, open_dir_path, open_dir_walk, xattr_names
 from .whiteout import (OCI_OPAQUE_MARKER, has_opaque_xattr, is_reserved_name, is_whiteout,
                        oci_target)
 
@@ -206,7 +206,7 @@ class Tree:
             return None         # a marker's own name, in any layer
 
         walk = _Walk(self, parent, name, upper_names)
-        resolved = resolve_name(walk.layers(), walk.ask, walk.continues_below, walk.collected)
+        resolved = resolve_name(parent.layers, walk.ask, walk.continues_below, walk.collected)
         if resolved is None:
             return None
         is_dir, layers, inos, top_st = resolved
@@ -246,11 +246,13 @@ class Tree:
             return unpack_stat(node.lower_st)
         return os.stat(name, dir_fd=self.dir_fd(parent, layer), follow_symlinks=False)
 
-    def _is_opaque_child(self, layer: Layer, d_ino: int, base: Node, rel: bytes) -> bool:
-        """Whether the dir just found in `layer` at `rel` below `base`'s dir is opaque."""
+    def _is_opaque_child(self, layer: Layer, d_ino: int, base: Node, rel: bytes,
+                         xattrs: frozenset[bytes] | None = None) -> bool:
+        """Whether the dir just found in `layer` at `rel` below `base`'s dir is opaque.
+        `xattrs`: the names of an upper dir's xattrs, where already listed."""
         if layer.upper:
             parent_fd = self.dir_fd(base, layer)
-            if has_opaque_xattr(parent_fd, rel):
+            if has_opaque_xattr(parent_fd, rel, xattrs):
                 return True
             try:
                 os.stat(rel + b"/" + OCI_OPAQUE_MARKER, dir_fd=parent_fd, follow_symlinks=False)
@@ -360,10 +362,15 @@ class _Walk:
     """One lookup on its way down the layers (the kernel's ovl_lookup_data): what the lower
     layers are asked for (the name, or where a redirect sends the lookup: a name in the same
     parent, or a path from the root of each layer below the one holding the redirect), and
-    where each dir collected was found (below which dir, at which relative path)."""
+    where each dir collected was found (below which dir, at which relative path). Only what
+    a lookup changes is set on the instance: most lookups meet no dir and no redirect."""
 
-    __slots__ = ("tree", "parent", "name", "upper_names", "want", "base", "queue", "index",
-                 "places", "stop_below", "redirect", "redirected")
+    want: bytes | None = None                   # None: the name itself
+    base: Node | None = None                    # None: the parent
+    stop_below: Layer | None = None             # an opaque dir on the way: nothing below
+    redirect: bytes | None = None               # the upper dir's own
+    redirected = False
+    upper_xattrs: frozenset[bytes] | None = None    # the upper dir's, once listed
 
     def __init__(self, tree: Tree, parent: Node, name: bytes, upper_names: Listing | None
                  ) -> None:
@@ -371,46 +378,35 @@ class _Walk:
         self.parent = parent
         self.name = name
         self.upper_names = upper_names
-        self.want = name
-        self.base = parent
-        self.queue = parent.layers
-        self.index = 0
         self.places: dict[Layer, tuple[Node, bytes]] = {}
-        self.stop_below: Layer | None = None    # an opaque dir on its way: nothing below
-        self.redirect: bytes | None = None      # the upper dir's own
-        self.redirected = False
-
-    def layers(self) -> Iterator[Layer]:
-        while self.index < len(self.queue):     # `collected` may switch to other layers
-            self.index += 1
-            yield self.queue[self.index - 1]
 
     def ask(self, layer: Layer) -> Said:
         if layer.upper:
             said = self.tree._ask_upper(self.parent, layer, self.name, self.upper_names)
-            rel = self.name
-        else:
-            asked = self.want
-            said, rel, stop = self._probe(layer)
-            self.redirected = self.redirected or self.want != asked
             if said[0] == DIR:
-                if self.redirected and not self.tree.follow_redirects:
-                    raise OSError(errno.EPERM, "not following a redirect (redirect_dir="
-                                  "nofollow)", self.name)
-                if stop:
-                    self.stop_below = layer
+                self.places[layer] = (self.parent, self.name)
+            return said
+        want = self.want or self.name
+        base = self.base or self.parent
+        if want.startswith(b"/"):
+            said, rel, stop = self._walk_path(layer, want)
+        else:
+            said, rel, stop = self.tree.lower_listing(base, layer).says(want), want, False
         if said[0] == DIR:
-            self.places[layer] = (self.base, rel)
+            if self.redirected and not self.tree.follow_redirects:
+                raise OSError(errno.EPERM, "not following a redirect (redirect_dir=nofollow)",
+                              self.name)
+            if stop:
+                self.stop_below = layer
+            self.places[layer] = (base, rel)
         return said
 
-    def _probe(self, layer: Layer) -> tuple[Said, bytes, bool]:
-        """What `layer` says about what is wanted, where (below self.base), and whether an
-        opaque dir on the way ends the merge there. A path is walked one dir at a time; a
+    def _walk_path(self, layer: Layer, want: bytes) -> tuple[Said, bytes, bool]:
+        """What `layer` says about the path `want`, walked from its root one dir at a time;
+        where (from the root); and whether an opaque dir on the way ends the merge there. A
         redirect on the way changes what the layers below are asked for, found or not."""
         tree = self.tree
-        if not self.want.startswith(b"/"):
-            return tree.lower_listing(self.base, layer).says(self.want), self.want, False
-        parts = self.want[1:].split(b"/")
+        parts = want[1:].split(b"/")
         listing = tree.lower_listing(tree.root, layer)
         stop = False
         for depth, part in enumerate(parts):
@@ -428,8 +424,9 @@ class _Walk:
             elif tree.read_redirects:
                 found = tree.lower_redirect(layer, said[1], tree.root, rel)
                 if found is not None:
+                    self.redirected = True
                     rest = parts[depth + 1:]
-                    wanted = self.want[1:].split(b"/")
+                    wanted = self.want[1:].split(b"/")     # type: ignore[index]
                     head = wanted[:len(wanted) - len(rest) - 1]
                     self.want = b"/".join([found, *rest]) if found.startswith(b"/") \
                         else b"/" + b"/".join([*head, found, *rest])
@@ -439,33 +436,41 @@ class _Walk:
         if layer is self.stop_below:
             return False
         base, rel = self.places[layer]
-        return not self.tree._is_opaque_child(layer, ino, base, rel)
+        return not self.tree._is_opaque_child(layer, ino, base, rel,
+                                              self.upper_xattrs if layer.upper else None)
 
-    def collected(self, layer: Layer, ino: int) -> None:
+    def collected(self, layer: Layer, ino: int) -> tuple[Layer, ...] | None:
         """A dir was collected in `layer`: its redirect, if any, says where the layers below
-        are asked (none is read in the last layer, as by the kernel)."""
+        are asked (none is read in the last layer, as by the kernel). Returns the layers to
+        go on with, where an absolute redirect sends the lookup to their roots."""
         tree = self.tree
         if not tree.read_redirects:
-            return
+            return None
         base, rel = self.places[layer]
         if layer.upper:
-            found = self.redirect = redirect.read(tree.dir_fd(base, layer), rel)
+            # One listxattr tells both whether it has a redirect and whether it is opaque.
+            fd = tree.dir_fd(base, layer)
+            self.upper_xattrs = xattr_names(fd, rel)
+            found = self.redirect = redirect.read(fd, rel, self.upper_xattrs)
         elif layer is tree.lower_layers[-1]:
-            return
+            return None
         else:
             found = tree.lower_redirect(layer, ino, base, rel)
         if found is None:
-            return
+            return None
         self.redirected = True
+        want = self.want or self.name
         if found.startswith(b"/"):
             self.want = found
-            if self.base is not tree.root:
-                self.base, self.queue = tree.root, tree.lower_layers
-                self.index = 0 if layer.upper else tree.lower_layers.index(layer) + 1
-        elif self.want.startswith(b"/"):
-            self.want = self.want.rpartition(b"/")[0] + b"/" + found
+            if self.base is None:
+                self.base = tree.root
+                lowers = tree.lower_layers
+                return lowers if layer.upper else lowers[lowers.index(layer) + 1:]
+        elif want.startswith(b"/"):
+            self.want = want.rpartition(b"/")[0] + b"/" + found
         else:
             self.want = found
+        return None
 
     def lower_paths(self, layers: list[Layer]) -> dict[Layer, bytes] | None:
         """The paths of the lower dirs found away from the parent's path plus the name."""
