@@ -54,6 +54,9 @@ class Node:
     may_be_cached: bool = False     # a handle without O_DIRECT was opened: the kernel may
                                     # hold its data in the page cache
     st_ino: int = 0                 # the st_ino shown, where it is not the node id
+    redirect: bytes | None = None   # a dir's redirect as its upper dir stores it
+    lower_paths: dict[Layer, bytes] | None = None  # where a dir is in a lower layer, when
+                                    # not at its parent's path there plus its name
 
     @property
     def top_layer(self) -> Layer:

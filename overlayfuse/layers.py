@@ -47,12 +47,13 @@ class Stack:
     """The layers of one mount, opened and checked. Built once, by open_stack."""
 
     __slots__ = ("layers", "upper", "work_fd", "mountpoint", "single_fs", "forbidden",
-                 "xattr_prefix", "volatile", "lock_fds", "atime")
+                 "xattr_prefix", "volatile", "lock_fds", "atime", "redirect_dir", "metacopy")
 
     def __init__(self, *, layers: tuple[Layer, ...], upper: Layer | None, work_fd: int | None,
                  mountpoint: str, single_fs: bool, forbidden: frozenset[tuple[int, int]],
                  xattr_prefix: bytes, volatile: bool, lock_fds: tuple[int, ...] = (),
-                 atime: AtimePolicy = AtimePolicy()) -> None:
+                 atime: AtimePolicy = AtimePolicy(), redirect_dir: str = "on",
+                 metacopy: bool = False) -> None:
         self.layers = layers            # top first: the upper (if any), then the lowers
         self.upper = upper
         self.work_fd = work_fd          # O_PATH fd on workdir/work, the copy-up staging area
@@ -63,6 +64,8 @@ class Stack:
         self.volatile = volatile
         self.lock_fds = lock_fds        # flock'ed upper dir and workdir, held while serving
         self.atime = atime
+        self.redirect_dir = redirect_dir    # options.REDIRECT_MODES: on, follow or nofollow
+        self.metacopy = metacopy
 
     @property
     def read_only(self) -> bool:
@@ -367,4 +370,6 @@ def open_stack(options: MountOptions) -> Stack:
         volatile=options.volatile,
         lock_fds=tuple(locks),
         atime=atime,
+        redirect_dir=options.redirect_dir,
+        metacopy=options.metacopy,
     )

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .precedence import DIR, NONDIR, NOT_SAID, WHITED_OUT, Said
-from .syscalls import open_noatime, open_readable_dir
+from .syscalls import open_noatime, open_readable_dir, xattr_names
 from .whiteout import (HOLDS_XWHITEOUTS, OCI_OPAQUE_MARKER, OPAQUE, is_whiteout, is_xwhiteout,
                        oci_target, opaque_marker)
 
@@ -41,7 +41,7 @@ def read_listing(dir_fd: int, lower: bool, touch_atime: bool = False) -> Listing
     whiteouts: set[bytes] = set()
     oci_markers: set[bytes] = set()
     xwhiteouts: set[bytes] = set()
-    marker = opaque_marker(dir_fd)
+    marker = opaque_marker(dir_fd, None, xattr_names(dir_fd))
     opaque = marker == OPAQUE
     holds_xwhiteouts = lower and marker == HOLDS_XWHITEOUTS
     if touch_atime:

@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import acls
+from . import acls, redirect
 from .copyup import CopyUp
 from .inodes import Node, UpperDirState
 from .layers import empty_directory
@@ -172,11 +172,17 @@ class Namespace:
               ) -> tuple[Node, os.stat_result]:
         check_new_name(name)
         owner = self._owner(parent, caller, stat.S_IFDIR | stat.S_IMODE(mode))
-        st, opaque = self._place(parent, name,
-                                 lambda work, temp: os.mkdir(temp, stat.S_IMODE(mode),
-                                                             dir_fd=work),
-                                 owner, directory=True)
-        return self._new_node(parent, name, st, opaque), st
+        # With redirect_dir=on the kernel marks a new dir in a merged dir opaque (so that
+        # lookups in it never go below): the same marker keeps upper dirs interchangeable.
+        marked: list[bool] = []
+
+        def make(work: int, temp: bytes) -> None:
+            os.mkdir(temp, stat.S_IMODE(mode), dir_fd=work)
+            if self.tree.stack.redirect_dir == "on" and len(parent.layers) > 1:
+                set_opaque(work, temp, self.prefix)
+                marked.append(True)
+        st, opaque = self._place(parent, name, make, owner, directory=True)
+        return self._new_node(parent, name, st, opaque or bool(marked)), st
 
     def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller
               ) -> tuple[Node, os.stat_result]:
@@ -307,10 +313,10 @@ class Namespace:
             raise OSError(errno.EEXIST, "target exists", new_name)
         if source is target and not exchange:
             return
-        self._check_movable(source)
+        self._redirect_for(source, old_parent, new_parent)
         if exchange:
             assert target is not None
-            self._check_movable(target)
+            self._redirect_for(target, new_parent, old_parent)
         elif target is not None:
             self._check_types(source, target)
             if target.is_dir and target.layers != (self.upper,) \
@@ -340,10 +346,35 @@ class Namespace:
             self._check_replaceable(source, target, new_parent)
         self._move(old_parent, old_name, source, new_parent, new_name, target)
 
-    def _check_movable(self, node: Node) -> None:
-        # Kernel overlayfs without redirect_dir: a directory with a lower part cannot move.
-        if node.is_dir and node.layers != (self.upper,):
+    def _redirect_for(self, node: Node, old_parent: Node, new_parent: Node) -> bytes | None:
+        """The redirect `node` needs to move from `old_parent` to `new_parent`: None for
+        anything but a dir with a lower part. Such a dir moves only with redirect_dir=on
+        (as in the kernel, EXDEV otherwise, and `mv` copies), and only if the redirect
+        fits in the kernel's redirect_max."""
+        if not node.is_dir or node.layers == (self.upper,):
+            return None
+        if self.tree.stack.redirect_dir != "on":
             raise OSError(errno.EXDEV, "directory has a lower layer")
+        if old_parent is new_parent or (node.redirect or b"").startswith(b"/"):
+            return redirect.relative(node.name, node.redirect)
+        chain = []
+        ancestor: Node | None = node
+        while ancestor is not None and ancestor.parent is not None:
+            chain.append((ancestor.name, ancestor.redirect))
+            ancestor = ancestor.parent
+        return redirect.absolute(chain)
+
+    def _prepare_to_move(self, node: Node, old_parent: Node, new_parent: Node) -> None:
+        """Before a dir with a lower part moves: record where its lower part is. The
+        redirect is written while the dir is still at its old name, where it points at what
+        is there already, so a crash before the rename changes nothing (the kernel's order)."""
+        value = self._redirect_for(node, old_parent, new_parent)
+        if value is None:
+            return
+        self.tree.pin_lower_paths(node)
+        if value != node.redirect:
+            redirect.write(self.tree.dir_fd(node, self.upper), self.prefix, value)
+            node.redirect = value
 
     @staticmethod
     def _check_types(source: Node, target: Node) -> None:
@@ -366,7 +397,7 @@ class Namespace:
     def _mark_opaque_if_needed(self, node: Node, new_parent: Node) -> None:
         """A pure-upper directory moved into a merged directory becomes opaque (kernel rule),
         so no lower directory of the same name can show through it."""
-        if node.is_dir and len(new_parent.layers) > 1:
+        if node.is_dir and node.layers == (self.upper,) and len(new_parent.layers) > 1:
             self._set_opaque(node)
 
     def _move(self, old_parent: Node, old_name: bytes, source: Node, new_parent: Node,
@@ -387,6 +418,7 @@ class Namespace:
             self._forget_dir(target)
             self._delete_in_work(temp)
         self._mark_opaque_if_needed(source, new_parent)
+        self._prepare_to_move(source, old_parent, new_parent)
         whiteout = self.tree.lower_positive(old_parent, old_name)
         occupant = self._upper_entry(new_parent, new_name)
         if source.is_dir and occupant is not None and is_whiteout(occupant):
@@ -418,10 +450,10 @@ class Namespace:
 
     def _exchange(self, old_parent: Node, old_name: bytes, source: Node, new_parent: Node,
                   new_name: bytes, target: Node) -> None:
-        self._check_movable(source)
-        self._check_movable(target)
         self._mark_opaque_if_needed(source, new_parent)
         self._mark_opaque_if_needed(target, old_parent)
+        self._prepare_to_move(source, old_parent, new_parent)
+        self._prepare_to_move(target, new_parent, old_parent)
         renameat2(self.tree.dir_fd(old_parent, self.upper), old_name,
                   self.tree.dir_fd(new_parent, self.upper), new_name, RENAME_EXCHANGE)
         if source is target:

@@ -40,6 +40,12 @@ SILENT_OPTIONS = frozenset({"defaults", "nofail", "_netdev", "user", "users", "n
                             "nolazytime"})
 
 
+# redirect_dir= values, as kernel overlayfs has them: "on" creates and follows directory
+# redirects, "follow" only follows them, "nofollow" ignores them. "off" is "follow", as on a
+# kernel built with redirect_always_follow (the default).
+REDIRECT_MODES = {"on": "on", "follow": "follow", "nofollow": "nofollow", "off": "follow"}
+
+
 class IdMapping(namedtuple("IdMapping", "disk view size")):
     """One `disk:view:size` range of uidmapping=/gidmapping=, in fuse-overlayfs's order: ids
     disk..disk+size-1 stored in the layers show through the mount as view..view+size-1."""
@@ -53,7 +59,7 @@ class MountOptions:
     __slots__ = ("lowerdirs", "upperdir", "workdir", "mountpoint", "source", "workdir_chosen",
                  "foreground", "debug", "log_file", "fuse_options", "read_only", "volatile",
                  "timeout", "uidmapping", "gidmapping", "squash_to_uid", "squash_to_gid",
-                 "remount", "vfs_flags", "warnings")
+                 "remount", "vfs_flags", "redirect_dir", "metacopy", "warnings")
 
     def __init__(self, *, lowerdirs: tuple[str, ...], upperdir: str | None,
                  workdir: str | None, mountpoint: str,
@@ -67,6 +73,8 @@ class MountOptions:
                  squash_to_uid: int | None = None, squash_to_gid: int | None = None,
                  remount: bool = False,              # change the live mount in place
                  vfs_flags: tuple[str, ...] = (),    # the VFS_FLAGS given, in order
+                 redirect_dir: str = "on",           # one of REDIRECT_MODES
+                 metacopy: bool = False,             # copy up metadata only, data on demand
                  warnings: tuple[str, ...] = ()) -> None:
         self.lowerdirs = lowerdirs
         self.upperdir = upperdir
@@ -87,6 +95,8 @@ class MountOptions:
         self.squash_to_gid = squash_to_gid
         self.remount = remount
         self.vfs_flags = vfs_flags
+        self.redirect_dir = redirect_dir
+        self.metacopy = metacopy
         self.warnings = warnings
 
 
@@ -315,6 +325,7 @@ def parse_args(argv: list[str]) -> MountOptions:
         warnings.append("workdir given without upperdir: ignored, the mount is read-only")
         settings.pop("workdir")
 
+    redirect_dir, metacopy = _features(settings)
     if "ro" in fuse_options:
         settings["read_only"] = True
     fuse_options.discard("rw")
@@ -338,8 +349,23 @@ def parse_args(argv: list[str]) -> MountOptions:
         squash_to_uid=settings.get("squash_to_uid"),  # type: ignore[arg-type]
         squash_to_gid=settings.get("squash_to_gid"),  # type: ignore[arg-type]
         vfs_flags=tuple(vfs_flags),
+        redirect_dir=redirect_dir,
+        metacopy=metacopy,
         warnings=tuple(warnings),
     )
+
+
+def _features(settings: dict[str, object]) -> tuple[str, bool]:
+    """redirect_dir and metacopy, with kernel overlayfs's rule: metacopy needs redirects, so
+    metacopy=on turns them on unless redirect_dir= says otherwise, which is an error."""
+    given = settings.get("redirect_dir")
+    metacopy = settings.get("metacopy") == "on"
+    if metacopy and given not in (None, "on"):
+        raise MountError(errno.EINVAL, "conflicting options: metacopy=on,redirect_dir="
+                                       + REDIRECT_MODES[given])  # type: ignore[index]
+    if metacopy:
+        raise MountError(errno.EINVAL, "metacopy=on is not supported yet (metacopy=off is)")
+    return REDIRECT_MODES[given or "on"], metacopy  # type: ignore[index]
 
 
 def _apply_option(item: str, settings: dict[str, object], fuse_options: set[str],
@@ -367,6 +393,12 @@ def _apply_option(item: str, settings: dict[str, object], fuse_options: set[str]
             raise UsageError(f"timeout: not a number: '{value}'") from None
         if not settings["timeout"] >= 0:  # also rejects nan
             raise UsageError(f"timeout: must be >= 0: '{value}'")
+    elif key == "redirect_dir" and value in REDIRECT_MODES:
+        settings[key] = value
+    elif key == "metacopy" and value in ("on", "off"):
+        settings[key] = value
+    elif key in ("redirect_dir", "metacopy"):
+        raise MountError(errno.EINVAL, f"bad value for '{key}'")
     elif key in ("volatile", "remount") and not has_value:
         settings[key] = True
     elif key in FUSE_FLAG_OPTIONS and not has_value:

@@ -319,6 +319,16 @@ class KernelOverlay(BaseOverlay):
         return ["mount", "-t", "overlay", "overlay", "-o", ",".join(self._option_list()),
                 str(self.merged)]
 
+    def _option_list(self) -> list[str]:
+        options = super()._option_list()
+        # overlayfuse's defaults where the kernel's differ, so that both behave alike: dir
+        # renames with redirects (a kernel in userxattr mode refuses them).
+        if self.upper is not None and not any(
+                option.startswith(("redirect_dir=", "metacopy=")) or option == "userxattr"
+                for option in self.options):
+            options.append("redirect_dir=on")
+        return options
+
     def _lowerdirs(self) -> tuple[Path, ...]:
         # The kernel wants two lower dirs for a mount without an upper dir; an empty one
         # changes nothing.

@@ -17,7 +17,7 @@ lower listing) and whether a directory lets the walk go on below it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -43,18 +43,26 @@ class Resolved(NamedTuple):
     st: os.stat_result | None   # the top layer's stat, where its answer carried one
 
 
-def resolve_name(layers: Iterable[Layer], ask: Callable[[Layer], Said],
-                 continues_below: Callable[[Layer, int], bool]) -> Resolved | None:
+def resolve_name(layers: Sequence[Layer], ask: Callable[[Layer], Said],
+                 continues_below: Callable[[Layer, int], bool],
+                 collected: Callable[[Layer, int], Sequence[Layer] | None] | None = None
+                 ) -> Resolved | None:
     """Where one name resolves, or None if it does not exist.
 
     `ask(layer)` says what `layer` holds under the name; `continues_below(layer, ino)`,
     asked only when a directory has another directory below it, whether the directory
-    found in `layer` lets the walk go on (not when it is opaque). A directory redirect
-    would be taught here: where the walk goes on below such a directory."""
+    found in `layer` lets the walk go on (not when it is opaque). `collected(layer, ino)`
+    hears of each directory collected before the layers below it are asked: that is where
+    a directory redirect is taught. It may change what `ask` asks them for, and it may
+    return the layers to go on with instead of the rest of `layers` (an absolute redirect
+    goes on from the roots of the layers below)."""
     found: list[Layer] = []
     inos: list[int] = []
     top_st = None
-    for layer in layers:
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        index += 1
         said, ino, st = ask(layer)
         if said == NOTHING:
             continue
@@ -69,6 +77,10 @@ def resolve_name(layers: Iterable[Layer], ask: Callable[[Layer], Said],
             top_st = st
         found.append(layer)
         inos.append(ino)
+        if collected is not None:
+            elsewhere = collected(layer, ino)
+            if elsewhere is not None:
+                layers, index = elsewhere, 0
     return Resolved(True, found, inos, top_st) if found else None
 
 

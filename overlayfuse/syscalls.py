@@ -94,6 +94,13 @@ def proc_path(fd: int, name: bytes | None = None) -> tuple[bytes, bool]:
     return b"/proc/self/fd/%d/%s" % (fd, name), False
 
 
+def xattr_names(fd: int, name: bytes | None = None) -> frozenset[bytes]:
+    """The names of the xattrs of the object behind `fd` (or `name` in it), in one call: a
+    caller that wants several markers asks only for those present."""
+    path, follow = proc_path(fd, name)
+    return frozenset(map(os.fsencode, os.listxattr(path, follow_symlinks=follow)))
+
+
 def open_given_dir(path: str) -> int:
     """An O_PATH fd on a directory the user named (a layer, the workdir): symlinks in
     `path` are followed, as mount(8) follows them."""
@@ -103,6 +110,21 @@ def open_given_dir(path: str) -> int:
 def open_dir_path(name: bytes | str, dir_fd: int) -> int:
     """An O_PATH fd on the directory `name` inside `dir_fd`; a symlink is not followed."""
     return os.open(name, DIR_PATH_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+
+
+def open_dir_walk(path: bytes, dir_fd: int) -> int:
+    """open_dir_path of each component of `path` in turn ("a/b/c"): no symlink is followed
+    anywhere on the way."""
+    fd = os.dup(dir_fd)
+    try:
+        for part in path.split(b"/"):
+            next_fd = open_dir_path(part, fd)
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def open_path(name: bytes, dir_fd: int) -> int:

@@ -16,14 +16,14 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import capabilities
+from . import capabilities, redirect
 from .inodes import ROOT_INO, Node, NodeTable, UpperDirState
 from .layers import Layer, Stack
 from .listing import Listing, ListingCache, read_listing
 from .origin import Origins
-from .precedence import (DIR, NONDIR, NOT_SAID, WHITED_OUT, Said, resolve_name, shown,
-                         visible_names)
-from .syscalls import OwnedFd, open_dir_path
+from .precedence import (DIR, NONDIR, NOT_SAID, NOTHING, WHITED_OUT, WHITEOUT, Said,
+                         resolve_name, shown, visible_names)
+from .syscalls import OwnedFd, open_dir_path, open_dir_walk, xattr_names
 from .whiteout import (OCI_OPAQUE_MARKER, has_opaque_xattr, is_reserved_name, is_whiteout,
                        oci_target)
 
@@ -37,6 +37,8 @@ class Found:
     layers: tuple[Layer, ...]
     real_inos: tuple[int, ...]
     st: os.stat_result
+    lower_paths: dict[Layer, bytes] | None = None   # see Node.lower_paths
+    redirect: bytes | None = None                   # the upper dir's own redirect
 
     @property
     def is_dir(self) -> bool:
@@ -58,6 +60,12 @@ class Tree:
         self.listings = ListingCache(max_listing_entries)
         self._fds: OrderedDict[tuple[Node, Layer], int] = OrderedDict()
         self._max_fds = max_dir_fds
+        self.lower_layers = tuple(layer for layer in stack.layers if not layer.upper)
+        # Redirects are read in every mode, as by the kernel; with nofollow, a lookup that
+        # would go where one points is refused (EPERM) rather than followed.
+        self.read_redirects = len(stack.layers) > 1
+        self.follow_redirects = stack.redirect_dir != "nofollow"
+        self._lower_redirects: dict[tuple[int, int], bytes | None] = {}
         self.root = Node(ino=ROOT_INO, parent=None, name=b"", is_dir=True,
                          layers=stack.layers,
                          real_inos=tuple(layer.ino for layer in stack.layers),
@@ -77,15 +85,35 @@ class Tree:
         if fd is not None:
             self._fds.move_to_end(key)
             return fd
-        if node.parent is None:
+        pinned = node.lower_paths.get(layer) if node.lower_paths else None
+        if pinned is not None:
+            fd = open_dir_walk(pinned, layer.fd)
+        elif node.parent is None:
             raise OSError(errno.ENOENT, "directory was removed")
-        parent_fd = self.dir_fd(node.parent, layer)
-        fd = open_dir_path(node.name, parent_fd)
+        else:
+            fd = open_dir_path(node.name, self.dir_fd(node.parent, layer))
         self._fds[key] = fd
         if len(self._fds) > self._max_fds:
             _, old = self._fds.popitem(last=False)
             os.close(old)
         return fd
+
+    def lower_path(self, node: Node, layer: Layer) -> bytes:
+        """Where `node`'s dir is in the lower `layer`, from the layer's root ("" for it)."""
+        parts: list[bytes] = []
+        while node.parent is not None:
+            pinned = node.lower_paths.get(layer) if node.lower_paths else None
+            if pinned is not None:
+                parts.append(pinned)
+                break
+            parts.append(node.name)
+            node = node.parent
+        return b"/".join(reversed(parts))
+
+    def pin_lower_paths(self, node: Node) -> None:
+        """Keep `node`'s lower dirs where they are, before it moves away from them."""
+        node.lower_paths = {layer: self.lower_path(node, layer) for layer in node.layers
+                            if not layer.upper}
 
     def take_dir_fd(self, node: Node, layer: Layer) -> int:
         """`dir_fd`, but taken out of the cache: the caller owns it and closes it."""
@@ -177,14 +205,8 @@ class Tree:
         if is_reserved_name(name):
             return None         # a marker's own name, in any layer
 
-        def ask(layer: Layer) -> Said:
-            if layer.upper:
-                return self._ask_upper(parent, layer, name, upper_names)
-            return self.lower_listing(parent, layer).says(name)
-
-        resolved = resolve_name(
-            parent.layers, ask,
-            lambda layer, ino: not self._is_opaque_child(parent, layer, name, ino))
+        walk = _Walk(self, parent, name, upper_names)
+        resolved = resolve_name(parent.layers, walk.ask, walk.continues_below, walk.collected)
         if resolved is None:
             return None
         is_dir, layers, inos, top_st = resolved
@@ -195,11 +217,13 @@ class Tree:
             else:
                 top_st = os.stat(name, dir_fd=self.dir_fd(parent, top), follow_symlinks=False)
                 inos[0] = top_st.st_ino
+        lower_paths = None
         if is_dir:
             for layer, ino in zip(layers, inos):
                 if not layer.upper and (layer.dev, ino) in self.stack.forbidden:
                     raise OSError(errno.ELOOP, "a layer root is inside a lower layer", name)
-        return Found(tuple(layers), tuple(inos), top_st)
+            lower_paths = walk.lower_paths(layers)
+        return Found(tuple(layers), tuple(inos), top_st, lower_paths, walk.redirect)
 
     def _ask_upper(self, parent: Node, layer: Layer, name: bytes, upper_names: Listing | None
                    ) -> Said:
@@ -222,23 +246,41 @@ class Tree:
             return unpack_stat(node.lower_st)
         return os.stat(name, dir_fd=self.dir_fd(parent, layer), follow_symlinks=False)
 
-    def _is_opaque_child(self, parent: Node, layer: Layer, name: bytes, d_ino: int) -> bool:
-        """Whether the directory `name` in `layer` (just found) is opaque."""
+    def _is_opaque_child(self, layer: Layer, d_ino: int, base: Node, rel: bytes,
+                         xattrs: frozenset[bytes] | None = None) -> bool:
+        """Whether the dir just found in `layer` at `rel` below `base`'s dir is opaque.
+        `xattrs`: the names of an upper dir's xattrs, where already listed."""
         if layer.upper:
-            parent_fd = self.dir_fd(parent, layer)
-            if has_opaque_xattr(parent_fd, name):
+            parent_fd = self.dir_fd(base, layer)
+            if has_opaque_xattr(parent_fd, rel, xattrs):
                 return True
             try:
-                os.stat(name + b"/" + OCI_OPAQUE_MARKER, dir_fd=parent_fd, follow_symlinks=False)
+                os.stat(rel + b"/" + OCI_OPAQUE_MARKER, dir_fd=parent_fd, follow_symlinks=False)
             except OSError:
                 return False
             return True
+        return self.listing_below(layer, d_ino, base, rel).opaque
+
+    def listing_below(self, layer: Layer, d_ino: int, base: Node, rel: bytes) -> Listing:
+        """The listing of the lower dir `rel` below `base`'s dir in `layer`."""
         listing = self.listings.get((layer.index, d_ino))
         if listing is None:
-            with OwnedFd(open_dir_path(name, self.dir_fd(parent, layer))) as fd:
+            with OwnedFd(open_dir_walk(rel, self.dir_fd(base, layer))) as fd:
                 listing = read_listing(fd, lower=True)
             self.listings.put((layer.index, d_ino), listing)
-        return listing.opaque
+        return listing
+
+    def lower_redirect(self, layer: Layer, d_ino: int, base: Node, rel: bytes) -> bytes | None:
+        """The redirect of a lower dir (lower layers never change: read once)."""
+        key = (layer.index, d_ino)
+        if key in self._lower_redirects:
+            return self._lower_redirects[key]
+        with OwnedFd(open_dir_walk(rel, self.dir_fd(base, layer))) as fd:
+            value = redirect.read(fd)
+        if len(self._lower_redirects) >= _MAX_LOWER_REDIRECTS:
+            self._lower_redirects.clear()
+        self._lower_redirects[key] = value
+        return value
 
     def lookup(self, parent: Node, name: bytes, upper_names: Listing | None = None
                ) -> tuple[Node, os.stat_result] | None:
@@ -260,7 +302,11 @@ class Tree:
         node = table.by_identity.get(identity)
         if node is not None and node.is_dir == found.is_dir:
             if node.is_dir:
+                if node.lower_paths != found.lower_paths:
+                    for layer in node.layers:
+                        self.forget_dir_fd(node, layer)
                 node.layers, node.real_inos = found.layers, found.real_inos
+                node.lower_paths, node.redirect = found.lower_paths, found.redirect
             else:
                 table.add_link(node, parent, name)
                 self._keep_lower_stat(node, found)
@@ -273,7 +319,9 @@ class Tree:
                 or number
         node = table.new_node(parent, name, found.is_dir, found.layers, found.real_inos,
                               identity, number)
-        if not node.is_dir:
+        if node.is_dir:
+            node.lower_paths, node.redirect = found.lower_paths, found.redirect
+        else:
             self._keep_lower_stat(node, found)
         return node
 
@@ -308,6 +356,136 @@ class Tree:
 
     def statvfs(self) -> os.statvfs_result:
         return os.statvfs(self.stack.layers[0].fd)
+
+
+class _Walk:
+    """One lookup on its way down the layers (the kernel's ovl_lookup_data): what the lower
+    layers are asked for (the name, or where a redirect sends the lookup: a name in the same
+    parent, or a path from the root of each layer below the one holding the redirect), and
+    where each dir collected was found (below which dir, at which relative path). Only what
+    a lookup changes is set on the instance: most lookups meet no dir and no redirect."""
+
+    want: bytes | None = None                   # None: the name itself
+    base: Node | None = None                    # None: the parent
+    stop_below: Layer | None = None             # an opaque dir on the way: nothing below
+    redirect: bytes | None = None               # the upper dir's own
+    redirected = False
+    upper_xattrs: frozenset[bytes] | None = None    # the upper dir's, once listed
+
+    def __init__(self, tree: Tree, parent: Node, name: bytes, upper_names: Listing | None
+                 ) -> None:
+        self.tree = tree
+        self.parent = parent
+        self.name = name
+        self.upper_names = upper_names
+        self.places: dict[Layer, tuple[Node, bytes]] = {}
+
+    def ask(self, layer: Layer) -> Said:
+        if layer.upper:
+            said = self.tree._ask_upper(self.parent, layer, self.name, self.upper_names)
+            if said[0] == DIR:
+                self.places[layer] = (self.parent, self.name)
+            return said
+        want = self.want or self.name
+        base = self.base or self.parent
+        if want.startswith(b"/"):
+            said, rel, stop = self._walk_path(layer, want)
+        else:
+            said, rel, stop = self.tree.lower_listing(base, layer).says(want), want, False
+        if said[0] == DIR:
+            if self.redirected and not self.tree.follow_redirects:
+                raise OSError(errno.EPERM, "not following a redirect (redirect_dir=nofollow)",
+                              self.name)
+            if stop:
+                self.stop_below = layer
+            self.places[layer] = (base, rel)
+        return said
+
+    def _walk_path(self, layer: Layer, want: bytes) -> tuple[Said, bytes, bool]:
+        """What `layer` says about the path `want`, walked from its root one dir at a time;
+        where (from the root); and whether an opaque dir on the way ends the merge there. A
+        redirect on the way changes what the layers below are asked for, found or not."""
+        tree = self.tree
+        parts = want[1:].split(b"/")
+        listing = tree.lower_listing(tree.root, layer)
+        stop = False
+        for depth, part in enumerate(parts):
+            said = listing.says(part)
+            if said[0] in (NOTHING, WHITEOUT):
+                return said, b"", False
+            rel = b"/".join(parts[:depth + 1])
+            if depth == len(parts) - 1:
+                return said, rel, stop
+            if said[0] != DIR:
+                return WHITED_OUT, b"", False   # a non-dir on the way ends the lookup
+            listing = tree.listing_below(layer, said[1], tree.root, rel)
+            if listing.opaque:
+                stop = True
+            elif tree.read_redirects:
+                found = tree.lower_redirect(layer, said[1], tree.root, rel)
+                if found is not None:
+                    self.redirected = True
+                    rest = parts[depth + 1:]
+                    wanted = self.want[1:].split(b"/")     # type: ignore[index]
+                    head = wanted[:len(wanted) - len(rest) - 1]
+                    self.want = b"/".join([found, *rest]) if found.startswith(b"/") \
+                        else b"/" + b"/".join([*head, found, *rest])
+        return NOT_SAID, b"", False
+
+    def continues_below(self, layer: Layer, ino: int) -> bool:
+        if layer is self.stop_below:
+            return False
+        base, rel = self.places[layer]
+        return not self.tree._is_opaque_child(layer, ino, base, rel,
+                                              self.upper_xattrs if layer.upper else None)
+
+    def collected(self, layer: Layer, ino: int) -> tuple[Layer, ...] | None:
+        """A dir was collected in `layer`: its redirect, if any, says where the layers below
+        are asked (none is read in the last layer, as by the kernel). Returns the layers to
+        go on with, where an absolute redirect sends the lookup to their roots."""
+        tree = self.tree
+        if not tree.read_redirects:
+            return None
+        base, rel = self.places[layer]
+        if layer.upper:
+            # One listxattr tells both whether it has a redirect and whether it is opaque.
+            fd = tree.dir_fd(base, layer)
+            self.upper_xattrs = xattr_names(fd, rel)
+            found = self.redirect = redirect.read(fd, rel, self.upper_xattrs)
+        elif layer is tree.lower_layers[-1]:
+            return None
+        else:
+            found = tree.lower_redirect(layer, ino, base, rel)
+        if found is None:
+            return None
+        self.redirected = True
+        want = self.want or self.name
+        if found.startswith(b"/"):
+            self.want = found
+            if self.base is None:
+                self.base = tree.root
+                lowers = tree.lower_layers
+                return lowers if layer.upper else lowers[lowers.index(layer) + 1:]
+        elif want.startswith(b"/"):
+            self.want = want.rpartition(b"/")[0] + b"/" + found
+        else:
+            self.want = found
+        return None
+
+    def lower_paths(self, layers: list[Layer]) -> dict[Layer, bytes] | None:
+        """The paths of the lower dirs found away from the parent's path plus the name."""
+        paths = {layer: _join(self.tree.lower_path(base, layer), rel)
+                 for layer in layers if not layer.upper
+                 for base, rel in (self.places[layer],)
+                 if not (base is self.parent and rel == self.name)}
+        return paths or None
+
+
+_MAX_LOWER_REDIRECTS = 100_000
+
+
+def _join(path: bytes, name: bytes) -> bytes:
+    return path + b"/" + name if path else name
 
 
 # A kept stat packed into 104 bytes: a stat_result with its float and int times takes ~600.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection
 
 from .syscalls import proc_path
 
@@ -35,12 +36,15 @@ def is_reserved_name(name: bytes) -> bool:
     return name.startswith(OCI_WHITEOUT_PREFIX)
 
 
-def opaque_marker(fd: int, name: bytes | None = None) -> bytes | None:
+def opaque_marker(fd: int, name: bytes | None = None,
+                  present: Collection[bytes] | None = None) -> bytes | None:
     """A dir's opaque xattr: OPAQUE, HOLDS_XWHITEOUTS, or None (or another value, which
-    means neither)."""
+    means neither). `present`: the names of the xattrs it has, if known."""
     path, follow = proc_path(fd, name)
     marker = None
     for attr in OPAQUE_XATTRS:
+        if present is not None and attr not in present:
+            continue
         try:
             value = os.getxattr(path, attr, follow_symlinks=follow)
         except OSError:
@@ -51,8 +55,9 @@ def opaque_marker(fd: int, name: bytes | None = None) -> bytes | None:
     return marker
 
 
-def has_opaque_xattr(fd: int, name: bytes | None = None) -> bool:
-    return opaque_marker(fd, name) == OPAQUE
+def has_opaque_xattr(fd: int, name: bytes | None = None,
+                     present: Collection[bytes] | None = None) -> bool:
+    return opaque_marker(fd, name, present) == OPAQUE
 
 
 def is_xwhiteout(dir_fd: int, name: bytes, st: os.stat_result) -> bool:

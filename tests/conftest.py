@@ -72,9 +72,9 @@ def kernel_available() -> None:
 
 @pytest.fixture
 def mount_kernel(kernel_available: None) -> Callable[..., KernelOverlay]:
-    def mount(stack: dict, read_only: bool = False) -> KernelOverlay:
+    def mount(stack: dict, read_only: bool = False, **options: Any) -> KernelOverlay:
         upper, work = (None, None) if read_only else (stack["upper"], stack["work"])
-        return KernelOverlay(stack["lowers"], upper, work, stack["merged"])
+        return KernelOverlay(stack["lowers"], upper, work, stack["merged"], **options)
     return mount
 
 

@@ -440,6 +440,37 @@ def test_unknown_options_are_ignored_with_one_warning_each() -> None:
     assert not options.read_only          # `ro=1` is not `ro`
 
 
+@pytest.mark.parametrize("given, redirect_dir, metacopy", [
+    ("", "on", False),
+    (",redirect_dir=on", "on", False),
+    (",redirect_dir=follow", "follow", False),
+    (",redirect_dir=off", "follow", False),       # as a kernel with redirect_always_follow
+    (",redirect_dir=nofollow", "nofollow", False),
+    (",metacopy=off", "on", False),
+])
+def test_redirect_dir_and_metacopy(given: str, redirect_dir: str, metacopy: bool) -> None:
+    options = parse_args(["-o", "lowerdir=/a,upperdir=/u,workdir=/w" + given, "/m"])
+    assert (options.redirect_dir, options.metacopy) == (redirect_dir, metacopy)
+    assert options.warnings == ()
+
+
+@pytest.mark.parametrize("given, message", [
+    ("metacopy=on,redirect_dir=follow", "conflicting options: metacopy=on,redirect_dir=follow"),
+    ("redirect_dir=off,metacopy=on", "conflicting options: metacopy=on,redirect_dir=follow"),
+    ("metacopy=on,redirect_dir=nofollow",
+     "conflicting options: metacopy=on,redirect_dir=nofollow"),
+    ("redirect_dir=sometimes", "bad value for 'redirect_dir'"),
+    ("redirect_dir", "bad value for 'redirect_dir'"),
+    ("metacopy", "bad value for 'metacopy'"),
+    ("metacopy=on", "metacopy=on is not supported yet"),
+    ("redirect_dir=on,metacopy=on", "metacopy=on is not supported yet"),
+])
+def test_redirect_dir_and_metacopy_refused_as_the_kernel_does(given: str, message: str) -> None:
+    with pytest.raises(MountError) as info:
+        parse_args(["-o", "lowerdir=/a,upperdir=/u,workdir=/w," + given, "/m"])
+    assert info.value.errno == errno.EINVAL and message in str(info.value)
+
+
 def test_silent_options_need_no_warning() -> None:
     options = parse_args(["-o", "lowerdir=/a,defaults,nofail,_netdev,noauto,rw", "/m"])
     assert options.warnings == () and options.fuse_options == frozenset()

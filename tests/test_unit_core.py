@@ -173,6 +173,56 @@ def test_a_dir_above_a_file_hides_it_and_does_not_merge(tmp_path: Path) -> None:
         assert found is not None and found.is_dir and len(found.layers) == 1
 
 
+# ---- directory redirects --------------------------------------------------------------------
+
+@needs_root
+def test_a_relative_redirect_merges_the_lower_dir_it_names(tmp_path: Path) -> None:
+    lowers = [{"a/d1/f": "file:f", "a/other/g": "file:g"}]
+    with core(tmp_path, lowers, {"a/d2": "redirect:d1", "a/d1": "whiteout"}) as ov:
+        assert ov.names("a") == ["d2", "other"]
+        assert ov.names("a/d2") == ["f"]
+        node = ov.node("a/d2")
+        assert node.redirect == b"d1" and node.lower_paths == {ov.tree.lower_layers[0]: b"a/d1"}
+        assert ov.tree.resolve(ov.node("a"), b"d1") is None
+
+
+@needs_root
+def test_an_absolute_redirect_and_one_on_the_way_are_followed(tmp_path: Path) -> None:
+    """The upper's `n` points at /p/r; in the top lower, `p` was itself renamed from /q."""
+    lowers = [{"p": "redirect:/q", "p/mine": "file:m"}, {"q/r/f": "file:f", "p/r/no": "file:x"}]
+    with core(tmp_path, lowers, {"n": "redirect:/p/r"}) as ov:
+        assert ov.names("n") == ["f"]
+        assert ov.names("p") == ["mine", "r"]       # p itself: merged with /q below
+        assert ov.names("p/r") == ["f"]
+
+
+@needs_root
+def test_a_redirect_in_a_lower_layer_is_followed(tmp_path: Path) -> None:
+    """Yesterday's upper as today's top lower: its renamed dir still finds its lower part."""
+    lowers = [{"new": "redirect:/old/d", "old/d": "whiteout"}, {"old/d/f": "file:f"}]
+    with core(tmp_path, lowers, {}) as ov:
+        assert ov.names("new") == ["f"]
+        assert ov.names("old") == []
+
+
+@needs_root
+def test_an_opaque_dir_on_the_way_ends_the_merge_below(tmp_path: Path) -> None:
+    lowers = [{"p": "opaque", "p/r/top": "file:t"}, {"p/r/below": "file:b"}]
+    with core(tmp_path, lowers, {"n": "redirect:/p/r"}) as ov:
+        assert ov.names("n") == ["top"]
+
+
+@needs_root
+def test_nofollow_refuses_a_lookup_a_redirect_leads_somewhere(tmp_path: Path) -> None:
+    lowers = [{"a/d1/f": "file:f"}]
+    upper = {"a/d2": "redirect:d1", "a/d1": "whiteout", "a/plain": "redirect:nowhere"}
+    with core(tmp_path, lowers, upper, options="redirect_dir=nofollow") as ov:
+        with pytest.raises(OSError) as info:
+            ov.node("a/d2")
+        assert info.value.errno == errno.EPERM
+        assert ov.names("a/plain") == []            # nothing below: no refusal
+
+
 def test_names_longer_than_name_max_are_refused(tmp_path: Path) -> None:
     with core(tmp_path, [{"a": "file:a"}]) as ov:
         with pytest.raises(OSError) as caught:

@@ -43,14 +43,16 @@ class Core:
 
 @contextlib.contextmanager
 def core(base: Path, lowers: list[dict[str, str]], upper: dict[str, str] | None = None,
-         read_only: bool = False, max_dir_fds: int = 4096) -> Iterator[Core]:
+         read_only: bool = False, max_dir_fds: int = 4096, options: str = "") -> Iterator[Core]:
     paths = build_stack(base, lowers, upper)
-    options = "lowerdir=" + ":".join(str(p) for p in paths["lowers"])
+    given = "lowerdir=" + ":".join(str(p) for p in paths["lowers"])
     if not read_only:
-        options += f",upperdir={paths['upper']},workdir={paths['work']}"
+        given += f",upperdir={paths['upper']},workdir={paths['work']}"
+    if options:
+        given += "," + options
     # Only a mount needs /dev/fuse (and fusermount3): the core runs without them.
     with mock.patch.object(layers, "check_environment", lambda: None):
-        stack = layers.open_stack(parse_args(["-o", options, str(paths["merged"])]))
+        stack = layers.open_stack(parse_args(["-o", given, str(paths["merged"])]))
     tree = Tree(stack, max_dir_fds=max_dir_fds)
     try:
         yield Core(paths, tree)

@@ -5,6 +5,7 @@ A layer spec maps a relative path to what it holds:
     "dir"                  directory
     "opaque"               directory marked trusted.overlay.opaque=y
     "user-opaque"          directory marked user.overlay.opaque=y
+    "redirect:PATH"        directory with trusted.overlay.redirect=PATH (a renamed dir)
     "xwhiteouts-dir"       directory marked trusted.overlay.opaque=x: it holds xwhiteouts
     "xwhiteout"            empty file with trusted.overlay.whiteout: a whiteout (Linux >= 6.7)
                            in an xwhiteouts-dir of a lower layer, a plain empty file elsewhere
@@ -39,6 +40,9 @@ def build_layer(root: Path, spec: dict[str, str]) -> None:
             path.mkdir(exist_ok=True)
             prefix = "trusted" if kind == "opaque" else "user"
             os.setxattr(path, f"{prefix}.overlay.opaque", b"y")
+        elif kind == "redirect":
+            path.mkdir(exist_ok=True)
+            os.setxattr(path, "trusted.overlay.redirect", arg.encode())
         elif kind == "xwhiteouts-dir":
             path.mkdir(exist_ok=True)
             os.setxattr(path, "trusted.overlay.opaque", b"x")
