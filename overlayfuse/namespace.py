@@ -343,7 +343,7 @@ class Namespace:
         if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise OSError(errno.EEXIST, "target exists", new_name)
-            self._check_replaceable(source, target, new_parent)
+            self._check_replaceable(source, target, old_parent, new_parent)
         self._move(old_parent, old_name, source, new_parent, new_name, target)
 
     def _redirect_for(self, node: Node, old_parent: Node, new_parent: Node) -> bytes | None:
@@ -383,13 +383,15 @@ class Namespace:
         if not source.is_dir and target.is_dir:
             raise OSError(errno.EISDIR, "target is a directory")
 
-    def _check_replaceable(self, source: Node, target: Node, new_parent: Node) -> None:
+    def _check_replaceable(self, source: Node, target: Node, old_parent: Node,
+                           new_parent: Node) -> None:
         self._check_types(source, target)
         if target.is_dir and not self.tree.is_empty_dir(target):
             if target.layers == (self.upper,):
-                # The kernel marks the source before the upper filesystem refuses a
-                # non-empty pure-upper target: the same marker stays behind here.
+                # The kernel marks the source (opaque, or its redirect) before the upper
+                # filesystem refuses a non-empty pure-upper target: the same marker stays.
                 self._mark_opaque_if_needed(source, new_parent)
+                self._prepare_to_move(source, old_parent, new_parent)
             raise OSError(errno.ENOTEMPTY, "target directory not empty")
         if target is self.tree.root:
             raise OSError(errno.EBUSY, "root")

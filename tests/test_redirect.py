@@ -51,6 +51,8 @@ SCENARIOS: dict[str, list[tuple]] = {
     "merged-at-root": [("rename", "m", "m2"), ("listdir", "m2"), ("read", "m2/k2")],
     "bottom-only": [("rename", "e/x", "e/y"), ("rename", "e", "f"), ("listdir", "f/y")],
     "into-own-subtree": [("rename", "a/d1", "a/d1/sub/z"), ("rename", "a", "a/d1/q")],
+    "refused-by-a-full-upper-dir": [("mkdir", "pure/x"), ("rename", "a/d1", "pure"),
+                                    ("listdir", "a/d1")],
     "new-dirs": [("mkdir", "a/new"), ("mkdir", "pure/new"), ("mkdir", "c/x/new"),
                  ("rename", "a/new", "b/new")],
 }
