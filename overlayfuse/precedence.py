@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import os
@@ -35,12 +35,9 @@ Said = tuple[int, int, "os.stat_result | None"]
 NOT_SAID: Said = (NOTHING, 0, None)
 WHITED_OUT: Said = (WHITEOUT, 0, None)
 
-
-class Resolved(NamedTuple):
-    is_dir: bool
-    layers: list[Layer]         # the layers holding the object, top first
-    inos: list[int]             # its real inode number in each
-    st: os.stat_result | None   # the top layer's stat, where its answer carried one
+# (is a dir, the layers holding the object top first, its real inode number in each, the
+# top layer's stat where its answer carried one): a plain tuple, made on every lookup.
+Resolved = tuple[bool, list["Layer"], list[int], "os.stat_result | None"]
 
 
 def resolve_name(layers: Sequence[Layer], ask: Callable[[Layer], Said],
@@ -72,7 +69,7 @@ def resolve_name(layers: Sequence[Layer], ask: Callable[[Layer], Said],
             if said != DIR or not continues_below(found[-1], inos[-1]):
                 break
         elif said == NONDIR:
-            return Resolved(False, [layer], [ino], st)
+            return False, [layer], [ino], st
         else:
             top_st = st
         found.append(layer)
@@ -81,7 +78,7 @@ def resolve_name(layers: Sequence[Layer], ask: Callable[[Layer], Said],
             elsewhere = collected(layer, ino)
             if elsewhere is not None:
                 layers, index = elsewhere, 0
-    return Resolved(True, found, inos, top_st) if found else None
+    return (True, found, inos, top_st) if found else None
 
 
 def visible_names(listings: Iterable[Listing], xwhiteouts_count: bool = False

@@ -143,7 +143,7 @@ class Tree:
             raise OSError(errno.ENOENT, "file was removed")
         return self.dir_fd(node.parent, node.top_layer)
 
-    # ---- listings ----------------------------------------------------------------------
+    # ---- listings ------------------------------------------------------------------------
 
     def lower_listing(self, node: Node, layer: Layer) -> Listing:
         key = (layer.index, node.real_inos[node.layers.index(layer)])

@@ -726,8 +726,8 @@ def test_st_dev_is_the_mounts(pair) -> None:
 @pytest.mark.parametrize("read_only", [
     pytest.param(False, id="writable", marks=pytest.mark.xfail(
         not capabilities.ATTR_INO,
-        reason="stock pyfuse3: tree.Tree.identity gives each name of a lower hard link its own "
-               "node, and inodes.NodeTable.choose_ino then a synthetic st_ino to all but the "
+        reason="stock pyfuse3: inodes.NodeTable.identity gives each name of a lower hard link "
+               "its own node, and NodeTable.choose_ino then a synthetic st_ino to all but the "
                "first; the kernel shows the real one for every name until a copy-up",
         strict=True)),
     pytest.param(True, id="read-only")])

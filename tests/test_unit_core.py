@@ -44,7 +44,8 @@ def _walk(*said, opaque: tuple[int, ...] = ()):
                             lambda layer, ino: layer.index not in opaque)
     if resolved is None:
         return None, asked
-    return ([layer.index for layer in resolved.layers], resolved.inos, resolved.is_dir), asked
+    is_dir, layers, inos, _ = resolved
+    return ([layer.index for layer in layers], inos, is_dir), asked
 
 
 def test_the_topmost_word_decides() -> None:
