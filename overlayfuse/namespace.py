@@ -29,6 +29,7 @@ Owner = tuple[int, int, int, acls.Inherited | None]
 class Caller:
     uid: int
     gid: int
+    umask: int = 0      # the kernel leaves it to us (FUSE_DONT_MASK), unless a default ACL
 
 
 def check_new_name(name: bytes) -> None:
@@ -87,6 +88,8 @@ class Namespace:
             if default_acl is not None:
                 inherited = acls.inherit(default_acl, mode)
                 mode = inherited.mode
+            else:
+                mode &= ~caller.umask
         return caller.uid, gid, mode, inherited
 
     def _set_owner(self, temp: bytes, uid: int, gid: int, mode: int,
@@ -163,13 +166,13 @@ class Namespace:
         """Create a regular file; also returns a read-write fd on it."""
         check_new_name(name)
         fd_box: list[int] = []
+        owner = self._owner(parent, caller, stat.S_IFREG | mode)
 
         def make(work: int, temp: bytes) -> None:
             fd_box.append(os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                  stat.S_IMODE(mode), dir_fd=work))
+                                  stat.S_IMODE(owner[2]), dir_fd=work))
         try:
-            st, _ = self._place(parent, name, make,
-                                self._owner(parent, caller, stat.S_IFREG | mode))
+            st, _ = self._place(parent, name, make, owner)
         except BaseException:
             for fd in fd_box:
                 os.close(fd)
@@ -181,7 +184,7 @@ class Namespace:
         check_new_name(name)
         owner = self._owner(parent, caller, stat.S_IFDIR | stat.S_IMODE(mode))
         st, opaque = self._place(parent, name,
-                                 lambda work, temp: os.mkdir(temp, stat.S_IMODE(mode),
+                                 lambda work, temp: os.mkdir(temp, stat.S_IMODE(owner[2]),
                                                              dir_fd=work),
                                  owner, directory=True)
         return self._new_node(parent, name, st, opaque), st
@@ -193,9 +196,10 @@ class Namespace:
             raise OSError(errno.EPERM, "a 0/0 character device is a whiteout")
         if stat.S_ISREG(mode) or stat.S_IFMT(mode) == 0:
             mode = stat.S_IFREG | stat.S_IMODE(mode)
+        owner = self._owner(parent, caller, mode)
         st, _ = self._place(parent, name,
-                            lambda work, temp: os.mknod(temp, mode, rdev, dir_fd=work),
-                            self._owner(parent, caller, mode))
+                            lambda work, temp: os.mknod(temp, owner[2], rdev, dir_fd=work),
+                            owner)
         return self._new_node(parent, name, st), st
 
     def symlink(self, parent: Node, name: bytes, target: bytes, caller: Caller

@@ -78,6 +78,7 @@ class Operations(pyfuse3.Operations):
     enable_acl = True
     enable_setxattr_flags = True     # a patched pyfuse3 passes the flags; stock ignores this
     enable_killpriv_v2 = True        # likewise: write() and ctx then say what to clear
+    enable_dont_mask = True          # likewise: the umask comes in ctx, to apply unless an ACL
 
     def __init__(self, tree: Tree, timeout: float = 3600.0, debug: bool = False,
                  uids: IdMap | None = None, gids: IdMap | None = None) -> None:
@@ -121,9 +122,11 @@ class Operations(pyfuse3.Operations):
     def _caller(self, ctx: pyfuse3.RequestContext) -> Caller:
         """Who asks, in on-disk ids. What a caller with no mapping creates is stored as owned
         by the overflow id, as fuse-overlayfs does: podman creates files through the mount as
-        an unmapped id (its own root) and chowns them afterwards."""
+        an unmapped id (its own root) and chowns them afterwards. The umask (sent with
+        create, mkdir and mknod) is applied to the mode by the kernel only without
+        FUSE_DONT_MASK; applying it again does no harm."""
         return Caller(self.uids.to_disk(ctx.uid, OVERFLOW_ID),
-                      self.gids.to_disk(ctx.gid, OVERFLOW_ID))
+                      self.gids.to_disk(ctx.gid, OVERFLOW_ID), ctx.umask)
 
     def _node(self, ino: int) -> Node:
         return self.tree.table.get(ino)

@@ -87,6 +87,20 @@ def test_default_acl_is_passed_on(stacks, parent: str, kind: str) -> None:
     assert results[1] == results[0]
 
 
+@pytest.mark.parametrize("parent", ["d", "."])
+@pytest.mark.parametrize("kind", NEW_OBJECTS)
+def test_the_umask_applies_only_without_a_default_acl(stacks, parent: str, kind: str) -> None:
+    """Under a default ACL the umask does not apply (the ACL replaces it); elsewhere it does.
+    The kernel's FUSE leaves the umask to the daemon only if asked (FUSE_DONT_MASK)."""
+    results = []
+    for stack in stacks:
+        path = stack["merged"] / parent / "new"
+        with umask(0o027):
+            NEW_OBJECTS[kind](path)
+        results.append(seen(path))
+    assert results[1] == results[0]
+
+
 def test_nested_dirs_keep_passing_the_default_acl_on(stacks) -> None:
     results = []
     for stack in stacks:
