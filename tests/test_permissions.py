@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from overlayfuse import KernelOverlay, Overlay
+from overlayfuse import KernelOverlay, Overlay, capabilities
 from overlayfuse.compare.trees import build_stack
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
@@ -192,7 +192,16 @@ def _outcomes(base: Path, run: Callable[[Callable[[Path], object], Path], str],
     return outcomes
 
 
-@pytest.mark.parametrize("operation", OPERATIONS)
+# A stock pyfuse3 cannot ask for FUSE_HANDLE_KILLPRIV_V2: the kernel's atomic O_TRUNC then
+# leaves the set-ID bits to a daemon that is not told to clear them.
+STOCK_GAPS = {"open-trunc-setuid-file"}
+
+
+@pytest.mark.parametrize("operation", [
+    pytest.param(name, marks=pytest.mark.xfail(not capabilities.KILLPRIV_V2, strict=True,
+                                               reason="stock pyfuse3: no KILLPRIV_V2"))
+    if name in STOCK_GAPS else name
+    for name in OPERATIONS])
 def test_an_unprivileged_caller_gets_what_the_kernel_gives(shared_base: Path, kernel_available,
                                                           operation: str) -> None:
     outcomes = _outcomes(shared_base, _as_user, OPERATIONS[operation])
