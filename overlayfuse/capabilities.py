@@ -14,3 +14,8 @@ FALLOCATE = hasattr(pyfuse3.Operations, "fallocate")
 ATTR_INO = hasattr(pyfuse3.EntryAttributes, "attr_ino")
 # setxattr gets XATTR_CREATE/XATTR_REPLACE and applies them itself, atomically.
 SETXATTR_FLAGS = hasattr(pyfuse3.Operations, "enable_setxattr_flags")
+# FUSE_HANDLE_KILLPRIV_V2: the daemon clears set-ID bits where the kernel asks (write() gets
+# kill_suidgid, RequestContext.kill_suidgid), and the kernel stops its per-write GETXATTR.
+KILLPRIV_V2 = hasattr(pyfuse3.Operations, "enable_killpriv_v2")
+# FUSE_DONT_MASK: the umask comes with create/mkdir/mknod, for the daemon to apply.
+DONT_MASK = hasattr(pyfuse3.Operations, "enable_dont_mask")

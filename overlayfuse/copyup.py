@@ -124,8 +124,8 @@ def _stage_regular(src: int, dst: int, st: os.stat_result, names: XattrNames, sy
     """Runs in a worker thread: everything that may take long."""
     if with_data:
         copy_file_data(src, dst, st.st_size)
+    _keep_owner(os.fchown, dst, st)    # first: a chown drops security.capability
     copy_xattrs(names, (src, None), (dst, None))
-    _keep_owner(os.fchown, dst, st)
     os.fchmod(dst, stat.S_IMODE(st.st_mode))
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
     if sync:
@@ -148,9 +148,10 @@ class CopyUp:
                      | None = None) -> None:
         """Owner, mode, xattrs and times on an object staged in the work dir."""
         work = self.work.fd
+        # The owner first: a chown drops security.capability (the kernel's copy-up keeps it).
+        _keep_owner(os.chown, name, st, dir_fd=work, follow_symlinks=False)
         if xattrs_from is not None:
             copy_xattrs(self.names, xattrs_from, (work, name))
-        _keep_owner(os.chown, name, st, dir_fd=work, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
             os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=work)
         os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=work, follow_symlinks=False)

@@ -30,6 +30,7 @@ Owner = tuple[int, int, int, acls.Inherited | None]
 class Caller:
     uid: int
     gid: int
+    umask: int = 0      # the kernel leaves it to us (FUSE_DONT_MASK), unless a default ACL
 
 
 def check_new_name(name: bytes) -> None:
@@ -79,6 +80,8 @@ class Namespace:
             if default_acl is not None:
                 inherited = acls.inherit(default_acl, mode)
                 mode = inherited.mode
+            else:
+                mode &= ~caller.umask
         return caller.uid, gid, mode, inherited
 
     def _set_owner(self, temp: bytes, uid: int, gid: int, mode: int,
@@ -155,13 +158,13 @@ class Namespace:
         """Create a regular file; also returns a read-write fd on it."""
         check_new_name(name)
         fd_box: list[int] = []
+        owner = self._owner(parent, caller, stat.S_IFREG | mode)
 
         def make(work: int, temp: bytes) -> None:
             fd_box.append(open_in(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, work,
-                                  stat.S_IMODE(mode)))
+                                  stat.S_IMODE(owner[2])))
         try:
-            st, _ = self._place(parent, name, make,
-                                self._owner(parent, caller, stat.S_IFREG | mode))
+            st, _ = self._place(parent, name, make, owner)
         except BaseException:
             for fd in fd_box:
                 os.close(fd)
@@ -177,7 +180,7 @@ class Namespace:
         marked: list[bool] = []
 
         def make(work: int, temp: bytes) -> None:
-            os.mkdir(temp, stat.S_IMODE(mode), dir_fd=work)
+            os.mkdir(temp, stat.S_IMODE(owner[2]), dir_fd=work)
             if self.tree.stack.redirect_dir == "on" and len(parent.layers) > 1:
                 set_opaque(work, temp, self.prefix)
                 marked.append(True)
@@ -191,9 +194,10 @@ class Namespace:
             raise OSError(errno.EPERM, "a 0/0 character device is a whiteout")
         if stat.S_ISREG(mode) or stat.S_IFMT(mode) == 0:
             mode = stat.S_IFREG | stat.S_IMODE(mode)
+        owner = self._owner(parent, caller, mode)
         st, _ = self._place(parent, name,
-                            lambda work, temp: os.mknod(temp, mode, rdev, dir_fd=work),
-                            self._owner(parent, caller, mode))
+                            lambda work, temp: os.mknod(temp, owner[2], rdev, dir_fd=work),
+                            owner)
         return self._new_node(parent, name, st), st
 
     def symlink(self, parent: Node, name: bytes, target: bytes, caller: Caller

@@ -22,6 +22,7 @@ from . import capabilities
 from .copyup import CopyUp
 from .idmap import OVERFLOW_ID, IdMap
 from .inodes import Node
+from .killpriv import bits_to_clear, clear_setid
 from .layers import Layer
 from .namespace import Caller, Namespace
 from .syscalls import (OwnedFd, fallocate, open_in, open_noatime, open_path, open_readable_dir,
@@ -77,6 +78,8 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = True
     enable_setxattr_flags = True     # a patched pyfuse3 passes the flags; stock ignores this
+    enable_killpriv_v2 = True        # likewise: write() and ctx then say what to clear
+    enable_dont_mask = True          # likewise: the umask comes in ctx, to apply unless an ACL
 
     def __init__(self, tree: Tree, timeout: float = 3600.0, debug: bool = False,
                  uids: IdMap | None = None, gids: IdMap | None = None) -> None:
@@ -112,9 +115,11 @@ class Operations(pyfuse3.Operations):
     def _caller(self, ctx: pyfuse3.RequestContext) -> Caller:
         """Who asks, in on-disk ids. What a caller with no mapping creates is stored as owned
         by the overflow id, as fuse-overlayfs does: podman creates files through the mount as
-        an unmapped id (its own root) and chowns them afterwards."""
+        an unmapped id (its own root) and chowns them afterwards. The umask (sent with
+        create, mkdir and mknod) is applied to the mode by the kernel only without
+        FUSE_DONT_MASK; applying it again does no harm."""
         return Caller(self.uids.to_disk(ctx.uid, OVERFLOW_ID),
-                      self.gids.to_disk(ctx.gid, OVERFLOW_ID))
+                      self.gids.to_disk(ctx.gid, OVERFLOW_ID), ctx.umask)
 
     def _node(self, ino: int) -> Node:
         return self.tree.table.get(ino)
@@ -306,6 +311,8 @@ class Operations(pyfuse3.Operations):
         else:
             # Reads through the overlay leave a lower file's atime alone, as in the kernel.
             fd = open_noatime(node.name, flags, self.tree.parent_fd(node))
+        if flags & os.O_TRUNC and _kill_suidgid(ctx) and clear_setid(fd):
+            self._invalidate_attrs(node)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)    # a larger readahead
         return pyfuse3.FileInfo(fh=self._add_file(node, fd, direct), keep_cache=keep_cache)
 
@@ -320,10 +327,12 @@ class Operations(pyfuse3.Operations):
             self._reply_new(node, st)
 
     @_edge
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: int, off: int, buf: bytes, kill_suidgid: bool = False) -> int:
         handle = self._files[fh]
-        written = os.pwrite(handle.fd, buf, off)
         node = handle.node
+        if kill_suidgid and clear_setid(handle.fd):
+            self._invalidate_attrs(node)
+        written = os.pwrite(handle.fd, buf, off)
         if handle.direct and node.may_be_cached:
             # The kernel drops the cached pages of the range before it sends a direct write,
             # but after an asynchronous one (aio, io_uring) not again: a buffered reader may
@@ -440,6 +449,10 @@ class Operations(pyfuse3.Operations):
         await copy_up.ensure_upper(node)
         if fields.update_size:
             self._truncate(node, attr.st_size, fh)
+        if _kill_suidgid(ctx) and not fields.update_mode:
+            mode = self.tree.stat(node).st_mode
+            if kill := bits_to_clear(mode):
+                self._chmod(node, stat.S_IMODE(mode) & ~kill)
         fd, child = self.tree.xattr_target(node)
         path, follow = proc_path(fd, child)
         if fields.update_uid or fields.update_gid:
@@ -532,6 +545,12 @@ def _invalidate_attrs(node: Node) -> None:
         pyfuse3.invalidate_inode(node.ino, attr_only=True)
     except OSError:
         pass    # the kernel does not hold this inode (ENOENT): nothing is cached
+
+
+def _kill_suidgid(ctx: pyfuse3.RequestContext) -> bool:
+    """Whether the kernel asks the daemon to clear set-ID bits (a stock pyfuse3 never
+    does: the kernel then clears them itself)."""
+    return capabilities.KILLPRIV_V2 and ctx.kill_suidgid
 
 
 def _invalidate_data(ino: int) -> None:

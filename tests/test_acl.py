@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from overlayfuse import capabilities
+
 OTHER_UID = 1234
 
 
@@ -84,6 +86,23 @@ def test_default_acl_is_passed_on(stacks, parent: str, kind: str) -> None:
         with umask(0):
             NEW_OBJECTS[kind](path)
         results.append((seen(path), acl(stack["upper"] / parent / "new")))
+    assert results[1] == results[0]
+
+
+@pytest.mark.parametrize("parent", [
+    pytest.param("d", marks=pytest.mark.xfail(not capabilities.DONT_MASK, strict=True,
+                                              reason="stock pyfuse3: the kernel applies the umask")),
+    "."])
+@pytest.mark.parametrize("kind", NEW_OBJECTS)
+def test_the_umask_applies_only_without_a_default_acl(stacks, parent: str, kind: str) -> None:
+    """Under a default ACL the umask does not apply (the ACL replaces it); elsewhere it does.
+    The kernel's FUSE leaves the umask to the daemon only if asked (FUSE_DONT_MASK)."""
+    results = []
+    for stack in stacks:
+        path = stack["merged"] / parent / "new"
+        with umask(0o027):
+            NEW_OBJECTS[kind](path)
+        results.append(seen(path))
     assert results[1] == results[0]
 
 
