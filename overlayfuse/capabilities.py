@@ -10,6 +10,8 @@ import pyfuse3
 
 # The kernel sends FALLOCATE (registered with the handler): fallocate(2) works.
 FALLOCATE = hasattr(pyfuse3.Operations, "fallocate")
+# opendir may return a FileInfo with cache_readdir/keep_cache: the kernel caches listings.
+CACHED_LISTINGS = hasattr(pyfuse3.FileInfo, "cache_readdir")
 # EntryAttributes.attr_ino: the st_ino shown may differ from the FUSE node id.
 ATTR_INO = hasattr(pyfuse3.EntryAttributes, "attr_ino")
 # setxattr gets XATTR_CREATE/XATTR_REPLACE and applies them itself, atomically.

@@ -20,6 +20,7 @@ import trio
 
 from . import capabilities
 from .copyup import CopyUp
+from .dirversions import DirHandle, DirVersions
 from .idmap import OVERFLOW_ID, IdMap
 from .inodes import Node
 from .killpriv import bits_to_clear, clear_setid
@@ -96,7 +97,8 @@ class Operations(pyfuse3.Operations):
             self.copy_up = CopyUp(tree, self.xattr_names, _invalidate_attrs)
             self.namespace = Namespace(tree, self.copy_up)
         self._files: dict[int, OpenFile] = {}
-        self._dirs: dict[int, tuple[Node, list[bytes]]] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self.dir_versions = DirVersions(tree.table)
         self._next_fh = 1
         self._reported: set[tuple[str, str]] = set()
 
@@ -235,54 +237,78 @@ class Operations(pyfuse3.Operations):
     # ---- directories ---------------------------------------------------------------------
 
     @_edge
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
         node = self._node(inode)
         fh = self._new_fh()
-        # A snapshot taken at opendir (and at each rewind) keeps offsets stable while the
-        # directory changes: no stable entry is skipped or repeated.
-        self._dirs[fh] = (node, [b".", b".."])
+        self._dirs[fh] = DirHandle(node)
         self.tree.table.opened(node)
-        # Not cached by the kernel (cache_readdir), though the patched pyfuse3 could ask for
-        # it: the kernel fills one cache from every open handle, and the per-handle snapshots
-        # below then mix (duplicate names under concurrent changes; test_concurrency).
-        return fh
+        if not capabilities.CACHED_LISTINGS:
+            return fh
+        # The kernel keeps the listing across opens (dirversions says how it stays whole).
+        # But a listing that should move the upper dir's atime must reach the daemon, and
+        # under strictatime every listing should.
+        moves = self._listing_moves_atime(node)
+        cached = not (moves and self.tree.stack.atime.strictatime)
+        if cached:
+            self.dir_versions.opened_cached(node)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not moves, cache_readdir=cached)
+
+    def _listing_moves_atime(self, node: Node) -> bool:
+        atime = self.tree.stack.atime
+        if not (node.in_upper and atime.touches_dirs):
+            return False
+        return atime.read_would_update(os.stat(self.tree.dir_fd(node, node.top_layer)))
+
+    def _listings_changed(self, *dirs: Node) -> None:
+        for node in dirs:
+            if self.dir_versions.changed(node):
+                # At once: the kernel holds these dirs locked for the request being answered,
+                # so no reader holds a page of their cached listings.
+                _invalidate_data(node.ino)
 
     @_edge
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        node, names = self._dirs[fh]
-        if start_id == 0:
-            names[2:] = self.tree.list_names(node)
+        handle = self._dirs[fh]
+        node = handle.node
+        if start_id == 0 or handle.snapshot is None:
+            # A snapshot per version keeps offsets stable while the directory changes: no
+            # stable entry is skipped or repeated, and the kernel's cache stays one listing.
+            handle.snapshot = self.dir_versions.current(node, self.tree.list_names)
+        snapshot = handle.snapshot
+        names = snapshot.names
         upper_names = self.tree.upper_names(node)
-        for index in range(start_id, len(names)):
+        for index in range(snapshot.index_at(start_id), len(names)):
             name = names[index]
             if index < 2:
                 target = node if index == 0 else (node.parent or self.tree.root)
                 if not pyfuse3.readdir_reply(token, name, self._entry(target, self.tree.stat(target)),
-                                             index + 1):
+                                             snapshot.offset_after(index)):
                     return
                 continue
             try:
                 found = self.tree.lookup(node, name, upper_names)
             except OSError:
                 # Listed all the same, as the kernel does (a lookup then gives the error).
-                if not pyfuse3.readdir_reply(token, name, self._unreachable_entry(), index + 1):
+                if not pyfuse3.readdir_reply(token, name, self._unreachable_entry(),
+                                             snapshot.offset_after(index)):
                     return
                 continue
             if found is None:
                 continue
             child, st = found
-            if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
+            if not pyfuse3.readdir_reply(token, name, self._entry(child, st),
+                                         snapshot.offset_after(index)):
                 return
             self.tree.table.looked_up(child)
 
     @_edge
     async def releasedir(self, fh: int) -> None:
-        node, _ = self._dirs.pop(fh)
+        node = self._dirs.pop(fh).node
         self.tree.table.closed(node)
 
     @_edge
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        node, _ = self._dirs[fh]
+        node = self._dirs[fh].node
         if self.tree.stack.volatile or not node.in_upper:
             return      # nothing of it was written by us
         fd = open_readable_dir(self.tree.dir_fd(node, node.top_layer))
@@ -321,7 +347,9 @@ class Operations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         _, namespace = self._writer()
-        node, st, fd = namespace.create(self._node(parent_inode), name, mode, self._caller(ctx))
+        parent = self._node(parent_inode)
+        node, st, fd = namespace.create(parent, name, mode, self._caller(ctx))
+        self._listings_changed(parent)
         return pyfuse3.FileInfo(fh=self._add_file(node, fd, bool(flags & os.O_DIRECT)),
                                 keep_cache=True), \
             self._reply_new(node, st)
@@ -497,46 +525,59 @@ class Operations(pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         _, namespace = self._writer()
-        return self._reply_new(*namespace.mkdir(self._node(parent_inode), name, mode,
-                                                self._caller(ctx)))
+        parent = self._node(parent_inode)
+        made = namespace.mkdir(parent, name, mode, self._caller(ctx))
+        self._listings_changed(parent)
+        return self._reply_new(*made)
 
     @_edge
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         _, namespace = self._writer()
-        return self._reply_new(*namespace.mknod(self._node(parent_inode), name, mode, rdev,
-                                                self._caller(ctx)))
+        parent = self._node(parent_inode)
+        made = namespace.mknod(parent, name, mode, rdev, self._caller(ctx))
+        self._listings_changed(parent)
+        return self._reply_new(*made)
 
     @_edge
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         _, namespace = self._writer()
-        return self._reply_new(*namespace.symlink(self._node(parent_inode), name, target,
-                                                  self._caller(ctx)))
+        parent = self._node(parent_inode)
+        made = namespace.symlink(parent, name, target, self._caller(ctx))
+        self._listings_changed(parent)
+        return self._reply_new(*made)
 
     @_edge
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         _, namespace = self._writer()
-        return self._reply_new(*await namespace.link(self._node(inode),
-                                                     self._node(new_parent_inode), new_name))
+        parent = self._node(new_parent_inode)
+        made = await namespace.link(self._node(inode), parent, new_name)
+        self._listings_changed(parent)
+        return self._reply_new(*made)
 
     @_edge
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         _, namespace = self._writer()
-        namespace.unlink(self._node(parent_inode), name)
+        parent = self._node(parent_inode)
+        namespace.unlink(parent, name)
+        self._listings_changed(parent)
 
     @_edge
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         _, namespace = self._writer()
-        namespace.rmdir(self._node(parent_inode), name)
+        parent = self._node(parent_inode)
+        namespace.rmdir(parent, name)
+        self._listings_changed(parent)
 
     @_edge
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         _, namespace = self._writer()
-        await namespace.rename(self._node(parent_inode_old), name_old,
-                               self._node(parent_inode_new), name_new, flags)
+        old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
+        await namespace.rename(old_parent, name_old, new_parent, name_new, flags)
+        self._listings_changed(*{old_parent, new_parent})
 
 
 def _invalidate_attrs(node: Node) -> None:

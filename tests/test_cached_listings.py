@@ -1,14 +1,16 @@
-"""Directory listings over a warm cache: every change made through the mount shows in the next
-listing, as on kernel overlayfs. The kernel does not cache listings for now (ops.opendir says
-why): a warm listing still reaches the daemon."""
+"""Directory listings cached by the kernel (with a pyfuse3 that lets opendir ask for it): a
+warm listing costs the daemon no READDIR, and every change made through the mount shows in
+the next listing, as on kernel overlayfs."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
 import pytest
 
+from overlayfuse import KernelOverlay, capabilities
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -63,8 +65,8 @@ def _readdirs(log: Path) -> int:
     return log.read_text().count("readdir(")
 
 
-@pytest.mark.xfail(strict=True, reason="kernel-cached listings are off: filled from several "
-                   "handles' snapshots they showed duplicate names under concurrent changes")
+@pytest.mark.skipif(not capabilities.CACHED_LISTINGS,
+                    reason="stock pyfuse3: opendir cannot ask the kernel to cache listings")
 def test_a_warm_listing_reaches_the_daemon_only_after_a_change(make_stack, mount_ofs,
                                                                 tmp_path: Path) -> None:
     stack = make_stack(LOWERS, UPPER)
@@ -79,3 +81,62 @@ def test_a_warm_listing_reaches_the_daemon_only_after_a_change(make_stack, mount
         (d / "new").write_bytes(b"")
         assert sorted(os.listdir(d)) == sorted([*first, "new"])
         assert _readdirs(log) > cold
+
+
+SYS_GETDENTS64 = 217 if os.uname().machine == "x86_64" else 61     # aarch64: 61
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _getdents(fd: int, size: int) -> list[str]:
+    """One getdents64(2) call with a `size`-byte buffer: the names it returned."""
+    buffer = ctypes.create_string_buffer(size)
+    got = _libc.syscall(SYS_GETDENTS64, fd, buffer, size)
+    if got < 0:
+        raise OSError(ctypes.get_errno(), "getdents64")
+    names, at = [], 0
+    while at < got:
+        reclen = int.from_bytes(buffer.raw[at + 16:at + 18], "little")
+        names.append(buffer.raw[at + 19:at + reclen].split(b"\0", 1)[0].decode())
+        at += reclen
+    return names
+
+
+def _read_rest(fd: int) -> list[str]:
+    names: list[str] = []
+    while batch := _getdents(fd, 4096):
+        names += batch
+    return names
+
+
+@pytest.mark.parametrize("option", ["noatime", "relatime"])
+def test_a_listing_read_across_a_change_shows_each_name_once(make_stack, mount_ofs,
+                                                               kernel_available, option) -> None:
+    """One reader fills the kernel's cache part way, a name is created, a second reader lists
+    the dir to its end (the cache's end too, if it took the first reader's offsets), then the
+    first reads on: it sees its own listing, each name once, as on the kernel. Per-handle
+    listings, each with offsets counted from 0, put the new (upper, so first) name in the
+    second listing and the first reader's last name twice. (Under relatime the second open
+    drops the cache anyway: the new name moved the upper dir's mtime past its atime.)"""
+    lower = {f"d/lower-file-with-a-long-name-{n:03}": "file:x" for n in range(120)}
+    everything = [".", "..", *(name.split("/")[1] for name in lower)]
+    for kind in ("kernel", "ofs"):
+        stack = make_stack([lower], {}, name=kind)
+        mount = mount_ofs(stack, options=(option,)) if kind == "ofs" else KernelOverlay(
+            stack["lowers"], stack["upper"], stack["work"], stack["merged"], options=(option,))
+        with mount:
+            d = stack["merged"] / "d"
+            first = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                seen = _getdents(first, 512)
+                assert 2 < len(seen) < 20
+                (d / "new").write_bytes(b"")
+                second = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    assert sorted(_read_rest(second)) == sorted([*everything, "new"])
+                finally:
+                    os.close(second)
+                seen += _read_rest(first)
+            finally:
+                os.close(first)
+        assert sorted(name for name in seen if name != "new") == sorted(everything), kind
