@@ -89,14 +89,16 @@ def test_default_acl_is_passed_on(stacks, parent: str, kind: str) -> None:
     assert results[1] == results[0]
 
 
-@pytest.mark.parametrize("parent", [
-    pytest.param("d", marks=pytest.mark.xfail(not capabilities.DONT_MASK, strict=True,
-                                              reason="stock pyfuse3: the kernel applies the umask")),
-    "."])
+@pytest.mark.parametrize("parent", ["d", "."])
 @pytest.mark.parametrize("kind", NEW_OBJECTS)
-def test_the_umask_applies_only_without_a_default_acl(stacks, parent: str, kind: str) -> None:
+def test_the_umask_applies_only_without_a_default_acl(request, stacks, parent: str,
+                                                      kind: str) -> None:
     """Under a default ACL the umask does not apply (the ACL replaces it); elsewhere it does.
     The kernel's FUSE leaves the umask to the daemon only if asked (FUSE_DONT_MASK)."""
+    if parent == "d" and not capabilities.DONT_MASK and kind not in ("file-0640", "dir-0750"):
+        # Modes the umask 027 takes bits from: without FUSE_DONT_MASK they differ.
+        request.applymarker(pytest.mark.xfail(strict=True,
+                                              reason="stock pyfuse3: the kernel applies the umask"))
     results = []
     for stack in stacks:
         path = stack["merged"] / parent / "new"
