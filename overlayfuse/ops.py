@@ -338,7 +338,7 @@ class Operations(pyfuse3.Operations):
             # Reads through the overlay leave a lower file's atime alone, as in the kernel.
             fd = open_noatime(node.name, flags, self.tree.parent_fd(node))
         if flags & os.O_TRUNC and _kill_suidgid(ctx) and clear_setid(fd):
-            self._invalidate_attrs(node)
+            _invalidate_attrs(node)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)    # a larger readahead
         return pyfuse3.FileInfo(fh=self._add_file(node, fd, direct), keep_cache=keep_cache)
 
@@ -359,7 +359,7 @@ class Operations(pyfuse3.Operations):
         handle = self._files[fh]
         node = handle.node
         if kill_suidgid and clear_setid(handle.fd):
-            self._invalidate_attrs(node)
+            _invalidate_attrs(node)
         written = os.pwrite(handle.fd, buf, off)
         if handle.direct and node.may_be_cached:
             # The kernel drops the cached pages of the range before it sends a direct write,
