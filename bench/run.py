@@ -24,7 +24,7 @@ from typing import Any
 
 from overlayfuse import mounts
 
-from . import impls, report, workloads
+from . import concurrency, impls, report, workloads
 from .phases import PHASES, REPEAT_WALKS, Phase, Step
 from .stacks import MainSpec, ScaleSpec, Stack, build_main, build_scale
 
@@ -40,6 +40,7 @@ FULL = {
     "scale_rounds": 3,
     "scale_rounds_large": 1,    # the 100k-file stacks: one round (they take minutes each)
     "small_writes": 100_000,
+    "conc_rounds": 3,
 }
 QUICK = {
     "main": MainSpec(dirs=20, files=25, big_mib=16, missing_per_dir=10, copyup=100, unlink=100,
@@ -52,6 +53,7 @@ QUICK = {
     "scale_rounds_large": 1,
     "scale_dirs": 20,
     "small_writes": 5_000,
+    "conc_rounds": 1,
 }
 
 
@@ -107,14 +109,19 @@ class Bench:
             return {"fatal": done.stderr.strip()[-2000:] or f"exit {done.returncode}"}
         return json.loads(done.stdout)
 
-    def order(self, shift: int) -> list[str]:
-        chosen = self.args.impls
+    def order(self, shift: int, with_floor: bool = False) -> list[str]:
+        chosen = self.args.impls + ([impls.FLOOR] if with_floor and not self.args.no_floor
+                                    else [])
         shift %= len(chosen)
         return chosen[shift:] + chosen[:shift]
 
     def mount(self, impl: str, stack: Stack | Path) -> impls.Mounted:
-        """A fresh mount of a stack, or of one lower layer."""
+        """A fresh mount of a stack, or of one lower layer; the floor shows a stack's names."""
         self.serial += 1
+        if impl == impls.FLOOR:
+            assert isinstance(stack, Stack)
+            return impls.mount_floor([stack.lists["files"], stack.lists["big"]], self.scratch,
+                                     self.serial)
         lowers = [stack] if isinstance(stack, Path) else stack.lowers
         return impls.mount(impl, lowers, self.scratch, self.serial)
 
@@ -227,6 +234,37 @@ class Bench:
                     for metric, value in values.items():
                         self.record(metric, impl, value)
 
+    def run_concurrency(self, stack: Stack, rounds: int) -> None:
+        for r in range(rounds):
+            for oi, (op, names, _) in enumerate(concurrency.OPS):
+                for ci, clients in enumerate(concurrency.CLIENTS):
+                    metric = concurrency.metric_name(op, clients)
+                    for impl in self.order(r + oi + ci):
+                        self.sample_load()
+                        try:
+                            m = self.mount(impl, stack)
+                        except Exception as e:  # noqa: BLE001
+                            self.problem(impl, f"mount for {metric}", str(e))
+                            continue
+                        try:
+                            self.drop_caches()
+                            out = concurrency.run_clients(op, m.mnt, stack.lists[names],
+                                                          clients, REPO)
+                            status = m.status()
+                        finally:
+                            impls.unmount(m)
+                        self.check(impl, Step(op, names, metric), stack, out)
+                        if "fatal" in out:
+                            continue
+                        res = self.results
+                        res["samples"].setdefault(metric, {}).setdefault(impl, []).append(
+                            out["ops_per_s"])
+                        res["status"].setdefault(metric, {}).setdefault(impl, []).append(status)
+                        res["outputs"].setdefault(metric, {}).setdefault(impl, []).append(out)
+                        res["counts"][metric] = out["count"]
+                        self.log(f"  r{r + 1} {metric:16s} {impl:15s} {out['ops_per_s']:9.0f} "
+                                 f"ops/s")
+
     def run_scaling(self, stacks: list[tuple[ScaleSpec, Stack]], rounds: int,
                     rounds_large: int) -> None:
         smallest = min(spec.files for spec, _ in stacks)
@@ -279,13 +317,17 @@ class Bench:
         for r in range(cfg["rounds"]):
             self.log(f"round {r + 1}/{cfg['rounds']}")
             for pi, phase in enumerate(phases):
-                for impl in self.order(r + pi):
+                for impl in self.order(r + pi, phase.floor):
                     self.run_phase(impl, phase, main, r)
         if not self.args.phases or "repeat_walks" in self.args.phases:
             self.log(f"daemon memory over {REPEAT_WALKS} cold walks of one mount")
             for impl in self.args.impls:
                 if impl != impls.KERNEL:
                     self.repeat_walks(impl, main)
+        if not self.args.no_concurrency and (not self.args.phases or
+                                              "concurrency" in self.args.phases):
+            self.log(f"concurrency: {', '.join(map(str, concurrency.CLIENTS))} clients at once")
+            self.run_concurrency(main, cfg["conc_rounds"])
         if not self.args.no_workloads and (not self.args.phases or
                                             "workloads" in self.args.phases):
             self.log("real workloads: mount latency, tar, git, make, python imports")
@@ -299,6 +341,7 @@ class Bench:
             main.expected_files
         self.results["config"] = {
             "quick": self.args.quick, "rounds": cfg["rounds"], "scale_rounds": cfg["scale_rounds"],
+            "conc_rounds": cfg["conc_rounds"], "floor": not self.args.no_floor,
             "scale_rounds_large": cfg["scale_rounds_large"],
             "main": asdict(cfg["main"]), "workloads": asdict(cfg["workloads"]),
             "scale": [asdict(s) for s in scale_specs] if scale_stacks else [],
@@ -361,7 +404,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rounds of the scaling runs on the 100k-file stacks (default 1)")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
     p.add_argument("--no-workloads", action="store_true", help="skip the real workloads")
-    names = [phase.name for phase in PHASES] + ["repeat_walks", "workloads"]
+    p.add_argument("--no-concurrency", action="store_true",
+                   help="skip the concurrent clients")
+    p.add_argument("--no-floor", action="store_true",
+                   help="do not time the metadata phases on the minimal pyfuse3 filesystem")
+    names = [phase.name for phase in PHASES] + ["repeat_walks", "concurrency", "workloads"]
     p.add_argument("--phase", dest="phases", action="append", metavar="NAME", choices=names,
                    help="run only this phase (repeatable): " + ", ".join(names))
     p.add_argument("--impl", dest="impls", action="append", choices=impls.ALL,
