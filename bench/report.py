@@ -12,6 +12,7 @@ from .concurrency import CLIENTS, CONCURRENCY_METRICS
 from .concurrency import OPS as CONCURRENT_OPS
 from .concurrency import metric_name as concurrency_metric
 from .impls import ALL, FLOOR, FUSE_OVERLAYFS, KERNEL, OVERLAYFUSE
+from .podman import PODMAN_METRICS
 from .phases import FLOOR_METRICS, METRICS, REPEAT_WALKS, TARGETS, Target
 from .workloads import WORKLOAD_METRICS
 
@@ -175,6 +176,16 @@ def workloads_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]
     rows = [[metric.title, *[_num(med[name].get(i)) for i in ALL],
              _ratio(ratio(results, name, FUSE_OVERLAYFS)), _ratio(ratio(results, name, KERNEL))]
             for name, metric in WORKLOAD_METRICS.items() if name in med]
+    return head, rows
+
+
+def podman_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    med = medians(results)
+    head = ["rootless podman", "overlayfuse (s)", "fuse-overlayfs (s)", "native overlay (s)",
+            "overlayfuse / fuse-overlayfs", "overlayfuse / native"]
+    rows = [[metric.title, *[_num(med[name].get(i)) for i in ALL],
+             _ratio(ratio(results, name, FUSE_OVERLAYFS)), _ratio(ratio(results, name, KERNEL))]
+            for name, metric in PODMAN_METRICS.items() if name in med]
     return head, rows
 
 
@@ -359,6 +370,29 @@ def plot(results: dict[str, Any], path: Path) -> bool:
 
 # ---- the documents -------------------------------------------------------------------------
 
+def _podman_part(results: dict[str, Any]) -> list[str]:
+    head, rows = podman_table(results)
+    if not rows:
+        return []
+    spec = results["config"].get("podman", {})
+    return [
+        "### Rootless podman",
+        "",
+        "As a real non-root user with subordinate ids (bench/podman.py, the setup of "
+        "tests/test_rootless_podman.py), a fresh storage per implementation, a busybox image "
+        f"imported offline: `podman run --rm IMG true` {spec.get('runs')} times after one "
+        "untimed run (median), and `podman build --no-cache` of the test's 4-step "
+        f"Containerfile {_n(spec.get('builds', 1), 'time')} (median). overlayfuse and "
+        "fuse-overlayfs as `mount_program`; *native* is podman's own overlay driver (kernel "
+        "overlayfs in the user's namespace). overlayfuse's mount program was "
+        f"`{results.get('podman_mount_program')}`, a wrapper running this checkout with the "
+        "installed command's interpreter.",
+        "",
+        markdown(head, rows),
+        "",
+    ]
+
+
 def _floor_part(results: dict[str, Any]) -> list[str]:
     head, rows = floor_table(results)
     if not rows:
@@ -504,6 +538,7 @@ def document(results: dict[str, Any], png: str | None) -> str:
         markdown(*targets_table(results)),
         "",
         *workloads_part,
+        *_podman_part(results),
         *_floor_part(results),
         *_concurrency_part(results),
         "### Daemon memory and fds",
@@ -554,7 +589,7 @@ def render(results: dict[str, Any], out: Path, docs: Path | None) -> None:
         print(text_table(*workloads_table(results)))
     print()
     print(text_table(*targets_table(results)))
-    for table in (floor_table, concurrency_table):
+    for table in (podman_table, floor_table, concurrency_table):
         head, rows = table(results)
         if rows:
             print()

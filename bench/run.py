@@ -11,6 +11,7 @@ The timed operations run in a worker process of their own (bench/worker.py).
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ from typing import Any
 
 from overlayfuse import mounts
 
-from . import concurrency, impls, report, workloads
+from . import concurrency, impls, podman, report, workloads
 from .phases import PHASES, REPEAT_WALKS, Phase, Step
 from .stacks import MainSpec, ScaleSpec, Stack, build_main, build_scale
 
@@ -41,6 +42,7 @@ FULL = {
     "scale_rounds_large": 1,    # the 100k-file stacks: one round (they take minutes each)
     "small_writes": 100_000,
     "conc_rounds": 3,
+    "podman": podman.PodmanSpec(),
 }
 QUICK = {
     "main": MainSpec(dirs=20, files=25, big_mib=16, missing_per_dir=10, copyup=100, unlink=100,
@@ -54,6 +56,7 @@ QUICK = {
     "scale_dirs": 20,
     "small_writes": 5_000,
     "conc_rounds": 1,
+    "podman": podman.QUICK,
 }
 
 
@@ -333,6 +336,17 @@ class Bench:
             self.log("real workloads: mount latency, tar, git, make, python imports")
             layers = workloads.build(self.base, cfg["workloads"])
             self.run_workloads(layers, cfg["workloads"], cfg["rounds"])
+        if not self.args.no_podman and (not self.args.phases or "podman" in self.args.phases):
+            why = podman.unavailable()
+            if why is None:
+                self.log("rootless podman: run and build")
+                self.sample_load()
+                self.results["podman_mount_program"] = podman.run(
+                    cfg["podman"], list(self.args.impls), self.log, self.record,
+                    self.problem)
+                self.sample_load()
+            else:
+                self.log(f"rootless podman skipped: {why}")
         if scale_stacks:
             self.log("scaling: cold stat and cold walk by number of lowers and files")
             self.run_scaling(scale_stacks, cfg["scale_rounds"], cfg["scale_rounds_large"])
@@ -344,6 +358,7 @@ class Bench:
             "conc_rounds": cfg["conc_rounds"], "floor": not self.args.no_floor,
             "scale_rounds_large": cfg["scale_rounds_large"],
             "main": asdict(cfg["main"]), "workloads": asdict(cfg["workloads"]),
+            "podman": asdict(cfg["podman"]),
             "scale": [asdict(s) for s in scale_specs] if scale_stacks else [],
             "impls": self.args.impls, "dir": str(self.base),
             "visible_files": main.count("files"), "dirs": main.count("dirs"),
@@ -406,9 +421,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-workloads", action="store_true", help="skip the real workloads")
     p.add_argument("--no-concurrency", action="store_true",
                    help="skip the concurrent clients")
+    p.add_argument("--no-podman", action="store_true", help="skip the rootless podman runs")
     p.add_argument("--no-floor", action="store_true",
                    help="do not time the metadata phases on the minimal pyfuse3 filesystem")
-    names = [phase.name for phase in PHASES] + ["repeat_walks", "concurrency", "workloads"]
+    names = [phase.name for phase in PHASES] + ["repeat_walks", "concurrency", "workloads",
+                                                "podman"]
     p.add_argument("--phase", dest="phases", action="append", metavar="NAME", choices=names,
                    help="run only this phase (repeatable): " + ", ".join(names))
     p.add_argument("--impl", dest="impls", action="append", choices=impls.ALL,
@@ -454,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
         config["scale_rounds"] = args.scale_rounds
     if args.scale_rounds_large:
         config["scale_rounds_large"] = args.scale_rounds_large
+    # The daemon and the podman wrapper import the package from this checkout: without
+    # bytecode there (PYTHONDONTWRITEBYTECODE, or a fresh clone) every mount would compile it.
+    compileall.compile_dir(REPO / "overlayfuse", quiet=1)
     bench = Bench(args, config)
     try:
         results = bench.run()

@@ -3,11 +3,13 @@ own (never the daemon's), timed with time.perf_counter.
 
 Run as `python -m bench.worker` with one JSON request on stdin; prints one JSON result on
 stdout. Only the loop itself is timed: interpreter start-up, imports and reading the list
-of names are not. Concurrent clients (bench/concurrency.py) each take a share of the names
-(`"share": [k, n]`: every n-th from the k-th) and start together: with `"barrier": true` the
-worker prints `ready` once its names are loaded and starts at the next line on stdin; its
-result then has the start and end of its loop on the machine's monotonic clock. Errors are counted, not raised, so that a broken implementation shows up
+of names are not. Errors are counted, not raised, so that a broken implementation shows up
 as a failed check in the report rather than as a crash of the suite.
+
+Concurrent clients (bench/concurrency.py) each take a share of the names (`"share": [k, n]`:
+every n-th from the k-th) and start together: with `"barrier": true` the worker prints
+`ready` once its names are loaded and starts at the next line on stdin; its result then has
+the start and end of its loop on the machine's monotonic clock.
 """
 
 from __future__ import annotations
