@@ -1,7 +1,7 @@
-"""Reads whose data must come from the disk: a small file's is read in the request's own task
-(the hand-off to a worker thread cost more than the read: docs/benchmarks.md), a large
-file's in a worker thread so that other requests go on meanwhile. Seen from outside as the
-daemon's threads, with the lower files dropped from the page cache first."""
+"""What goes to a worker thread: a read whose data must come from the disk, and a copy-up,
+but for a small file (the hand-off to a thread and back cost more than the work itself:
+docs/benchmarks.md), so that other requests go on meanwhile. Seen from outside as the
+daemon's threads (trio keeps an idle worker thread for a while)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,20 @@ def test_a_cold_small_file_is_read_without_a_worker_thread_a_large_one_with(
         _evict(lower / "big")
         assert (merged / "big").read_text() == BIG, "wrong data"
         assert _threads(overlay.pid) > before
+
+
+def test_a_small_file_is_copied_up_without_a_worker_thread_a_large_one_with(
+        make_stack: Callable[..., dict], mount_ofs: Callable[..., Overlay]) -> None:
+    stack = make_stack([{"small": f"file:{SMALL}", "big": f"file:{BIG}"}])
+    with mount_ofs(stack) as overlay:
+        assert overlay.pid is not None
+        merged = overlay.merged
+        before = _threads(overlay.pid)
+        with open(merged / "small", "a") as f:
+            f.write("+")
+        assert _threads(overlay.pid) == before
+        assert (Path(stack["upper"]) / "small").read_text() == SMALL + "+", "not copied up"
+        with open(merged / "big", "a") as f:
+            f.write("+")
+        assert _threads(overlay.pid) > before
+        assert (Path(stack["upper"]) / "big").read_text() == BIG + "+", "not copied up"
