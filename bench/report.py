@@ -552,7 +552,9 @@ def document(results: dict[str, Any], png: str | None) -> str:
             "",
             "Cold stat of every file and cold walk, with the files spread round-robin over 1 to "
             "64 lower layers (each file in exactly one layer; the same dirs in every layer), "
-            "for two sizes of tree. The plot shows time per file.",
+            "for trees of " + " and ".join(f"{n:,}" for n in sorted(
+                {row["files"] for row in results["scaling"]})) + " files. The plot shows time "
+            "per file.",
             "",
         ]
         if png:

@@ -35,12 +35,12 @@ DEFAULT_DIR = Path("/var/tmp/overlayfuse-bench")
 FULL = {
     "main": MainSpec(),
     "workloads": workloads.WorkloadSpec(),
-    "rounds": 5,
+    "rounds": 3,
     "scale_layers": (1, 8, 32, 64),
     "scale_files": (10_000, 100_000),
     "scale_rounds": 3,
     "scale_rounds_large": 1,    # the 100k-file stacks: one round (they take minutes each)
-    "small_writes": 100_000,
+    "small_writes": 20_000,     # a cost per write: 100,000 took 53 s a round
     "conc_rounds": 3,
     "podman": podman.PodmanSpec(),
 }
@@ -61,8 +61,9 @@ QUICK = {
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, config: dict[str, Any]) -> None:
+    def __init__(self, args: argparse.Namespace, config: dict[str, Any], out: Path) -> None:
         self.args = args
+        self.out = out
         self.config = config
         self.base: Path = args.dir
         self.scratch = self.base / "run"
@@ -147,6 +148,15 @@ class Bench:
                          f"expected {stack.expected_files} in {stack.expected_dirs}")
 
     # ---- the main run --------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Write the results so far: an interrupted run keeps them (render with
+        --report-only)."""
+        self.sample_load()
+        self.results["machine"] = machine_info(self.base, self.load)
+        self.results["duration_s"] = round(time.monotonic() - self.started, 1)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
 
     def run_phase(self, impl: str, phase: Phase, stack: Stack, round_no: int) -> None:
         self.sample_load()
@@ -316,41 +326,6 @@ class Bench:
             [(spec, build_scale(self.base, spec)) for spec in scale_specs]
         self.log(f"main stack: {main.count('files')} visible files, {len(main.lowers)} lowers; "
                  f"implementations: {', '.join(self.args.impls)}")
-        phases = [p for p in PHASES if not self.args.phases or p.name in self.args.phases]
-        for r in range(cfg["rounds"]):
-            self.log(f"round {r + 1}/{cfg['rounds']}")
-            for pi, phase in enumerate(phases):
-                for impl in self.order(r + pi, phase.floor):
-                    self.run_phase(impl, phase, main, r)
-        if not self.args.phases or "repeat_walks" in self.args.phases:
-            self.log(f"daemon memory over {REPEAT_WALKS} cold walks of one mount")
-            for impl in self.args.impls:
-                if impl != impls.KERNEL:
-                    self.repeat_walks(impl, main)
-        if not self.args.no_concurrency and (not self.args.phases or
-                                              "concurrency" in self.args.phases):
-            self.log(f"concurrency: {', '.join(map(str, concurrency.CLIENTS))} clients at once")
-            self.run_concurrency(main, cfg["conc_rounds"])
-        if not self.args.no_workloads and (not self.args.phases or
-                                            "workloads" in self.args.phases):
-            self.log("real workloads: mount latency, tar, git, make, python imports")
-            layers = workloads.build(self.base, cfg["workloads"])
-            self.run_workloads(layers, cfg["workloads"], cfg["rounds"])
-        if not self.args.no_podman and (not self.args.phases or "podman" in self.args.phases):
-            why = podman.unavailable()
-            if why is None:
-                self.log("rootless podman: run and build")
-                self.sample_load()
-                self.results["podman_mount_program"] = podman.run(
-                    cfg["podman"], list(self.args.impls), self.log, self.record,
-                    self.problem)
-                self.sample_load()
-            else:
-                self.log(f"rootless podman skipped: {why}")
-        if scale_stacks:
-            self.log("scaling: cold stat and cold walk by number of lowers and files")
-            self.run_scaling(scale_stacks, cfg["scale_rounds"], cfg["scale_rounds_large"])
-        self.sample_load()
         self.results["counts"]["walk_cold"] = self.results["counts"]["walk_warm"] = \
             main.expected_files
         self.results["config"] = {
@@ -364,8 +339,46 @@ class Bench:
             "visible_files": main.count("files"), "dirs": main.count("dirs"),
             "missing_names": main.count("missing"),
         }
-        self.results["machine"] = machine_info(self.base, self.load)
-        self.results["duration_s"] = round(time.monotonic() - self.started, 1)
+        phases = [p for p in PHASES if not self.args.phases or p.name in self.args.phases]
+        for r in range(cfg["rounds"]):
+            self.log(f"round {r + 1}/{cfg['rounds']}")
+            for pi, phase in enumerate(phases):
+                for impl in self.order(r + pi, phase.floor):
+                    self.run_phase(impl, phase, main, r)
+            self.checkpoint()
+        if not self.args.no_concurrency and (not self.args.phases or
+                                              "concurrency" in self.args.phases):
+            self.log(f"concurrency: {', '.join(map(str, concurrency.CLIENTS))} clients at once")
+            self.run_concurrency(main, cfg["conc_rounds"])
+            self.checkpoint()
+        if not self.args.no_podman and (not self.args.phases or "podman" in self.args.phases):
+            why = podman.unavailable()
+            if why is None:
+                self.log("rootless podman: run and build")
+                self.sample_load()
+                self.results["podman_mount_program"] = podman.run(
+                    cfg["podman"], list(self.args.impls), self.log, self.record,
+                    self.problem)
+                self.sample_load()
+            else:
+                self.log(f"rootless podman skipped: {why}")
+            self.checkpoint()
+        if not self.args.no_workloads and (not self.args.phases or
+                                            "workloads" in self.args.phases):
+            self.log("real workloads: mount latency, tar, git, make, python imports")
+            layers = workloads.build(self.base, cfg["workloads"])
+            self.run_workloads(layers, cfg["workloads"], cfg["rounds"])
+            self.checkpoint()
+        if not self.args.phases or "repeat_walks" in self.args.phases:
+            self.log(f"daemon memory over {REPEAT_WALKS} cold walks of one mount")
+            for impl in self.args.impls:
+                if impl != impls.KERNEL:
+                    self.repeat_walks(impl, main)
+            self.checkpoint()
+        if scale_stacks:
+            self.log("scaling: cold stat and cold walk by number of lowers and files")
+            self.run_scaling(scale_stacks, cfg["scale_rounds"], cfg["scale_rounds_large"])
+        self.checkpoint()
         return self.results
 
 
@@ -412,12 +425,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="a small stack and one round: a smoke test of the suite (under a minute)")
-    p.add_argument("--rounds", type=int, help="rounds of the main phases (default 5)")
+    p.add_argument("--rounds", type=int, help="rounds of the main phases (default 3)")
     p.add_argument("--scale-rounds", type=int,
                    help="rounds of the scaling runs on the 10k-file stacks (default 3)")
     p.add_argument("--scale-rounds-large", type=int,
                    help="rounds of the scaling runs on the 100k-file stacks (default 1)")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
+    p.add_argument("--scale-files", type=int, nargs="+", metavar="N",
+                   help="the sizes of the scaling stacks (default 10000 100000)")
     p.add_argument("--no-workloads", action="store_true", help="skip the real workloads")
     p.add_argument("--no-concurrency", action="store_true",
                    help="skip the concurrent clients")
@@ -471,17 +486,18 @@ def main(argv: list[str] | None = None) -> int:
         config["scale_rounds"] = args.scale_rounds
     if args.scale_rounds_large:
         config["scale_rounds_large"] = args.scale_rounds_large
+    if args.scale_files:
+        config["scale_files"] = tuple(args.scale_files)
     # The daemon and the podman wrapper import the package from this checkout: without
     # bytecode there (PYTHONDONTWRITEBYTECODE, or a fresh clone) every mount would compile it.
     compileall.compile_dir(REPO / "overlayfuse", quiet=1)
-    bench = Bench(args, config)
+    bench = Bench(args, config, out)
     try:
         results = bench.run()
     except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
+        print(f"bench: interrupted; the results so far are in {out / 'results.json'}",
+              file=sys.stderr)
         return 130
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
     report.render(results, out, REPO / "docs" if args.docs else None)
     bench.log(f"results in {out}" + (" and docs/benchmarks.md" if args.docs else ""))
     return 0
