@@ -1,5 +1,6 @@
 """The three implementations under test, each mounted fresh over the same lower layers with
-an upper and work dir of its own, and unmounted afterwards (the daemon stopped by its pid).
+an upper and work dir of its own, and unmounted afterwards (the daemon stopped by its pid);
+and the floor (bench/floorfs.py), a minimal pyfuse3 filesystem showing the same names.
 
 Built on overlayfuse.mounts (unmount, wait_mounted)."""
 
@@ -20,6 +21,8 @@ OVERLAYFUSE = "overlayfuse"
 FUSE_OVERLAYFS = "fuse-overlayfs"
 KERNEL = "kernel"
 ALL = (OVERLAYFUSE, FUSE_OVERLAYFS, KERNEL)
+FLOOR = "floor"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def overlayfuse_binary() -> str:
@@ -126,6 +129,27 @@ def mount_command(impl: str, lowers: list[Path], upper: Path, work: Path, mnt: P
     return [binary, "-o", options, str(mnt)]
 
 
+def mount_floor(lists: list[Path], scratch: Path, serial: int) -> Mounted:
+    """Start the floor filesystem showing the files of `lists` on a fresh mountpoint."""
+    where = scratch / f"{FLOOR}-{serial}"
+    mnt = where / "mnt"
+    mnt.mkdir(parents=True)
+    start = time.perf_counter()
+    daemon = subprocess.Popen([sys.executable, "-m", "bench.floorfs", *map(str, lists), str(mnt)],
+                              cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        mounts.wait_mounted(mnt, daemon)
+    except (RuntimeError, TimeoutError):
+        daemon.kill()
+        daemon.wait()
+        mounts.unmount(mnt)
+        raise
+    os.stat(mnt)
+    answered = time.perf_counter()
+    return Mounted(FLOOR, mnt, where / "upper", where / "work", daemon.pid,
+                   answered - start, answered - start)
+
+
 def mount(impl: str, lowers: list[Path], scratch: Path, serial: int) -> Mounted:
     """Mount `impl` on a fresh mountpoint with a fresh upper and work dir under `scratch`."""
     where = scratch / f"{impl}-{serial}"
@@ -160,6 +184,8 @@ def unmount(m: Mounted, timeout: float = 30.0) -> None:
             if _is_live(m.pid):
                 os.kill(m.pid, signal.SIGKILL)
                 mounts.unmount(m.mnt)
+            if m.impl == FLOOR:     # our child: reap it
+                os.waitpid(m.pid, 0)
     if mounts.is_mounted(m.mnt):
         raise RuntimeError(f"{m.mnt} is still mounted")
     shutil.rmtree(m.mnt.parent)

@@ -24,28 +24,32 @@ class Phase:
     name: str
     steps: tuple[Step, ...]
     fuse_only: bool = False
+    floor: bool = False         # metadata only: also timed on the floor (bench/floorfs.py)
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str
     title: str
-    unit: str                   # "s" (lower is better) or "MB/s" (higher is better)
+    unit: str                   # "s" (lower is better), "MB/s" or "ops/s" (higher is better)
     names: str | None = None    # the list whose length is the operation count
 
     @property
     def higher_is_better(self) -> bool:
-        return self.unit == "MB/s"
+        return self.unit in ("MB/s", "ops/s")
 
 
 PHASES: tuple[Phase, ...] = (
-    Phase("stat_cold", (Step("stat", "files", "stat_cold"),)),
-    Phase("stat_warm", (Step("stat", "files"), Step("stat", "files", "stat_warm", passes=5))),
+    Phase("stat_cold", (Step("stat", "files", "stat_cold"),), floor=True),
+    Phase("stat_warm", (Step("stat", "files"), Step("stat", "files", "stat_warm", passes=5)),
+          floor=True),
     Phase("missing_warm", (Step("stat", "missing"),
-                           Step("stat", "missing", "missing_warm", passes=5))),
-    Phase("readdir_cold", (Step("readdir", "dirs", "readdir_cold"),)),
-    Phase("walk", (Step("walk", None, "walk_cold"), Step("walk", None, "walk_warm", passes=3))),
-    Phase("find_warm", (Step("find", None), Step("find", None, "find_warm", passes=3))),
+                           Step("stat", "missing", "missing_warm", passes=5)), floor=True),
+    Phase("readdir_cold", (Step("readdir", "dirs", "readdir_cold"),), floor=True),
+    Phase("walk", (Step("walk", None, "walk_cold"), Step("walk", None, "walk_warm", passes=3)),
+          floor=True),
+    Phase("find_warm", (Step("find", None), Step("find", None, "find_warm", passes=3)),
+          floor=True),
     Phase("read_small_cold", (Step("read", "read", "read_small_cold"),)),
     Phase("seqread", (Step("seqread", "big", "seqread_cold"),
                       Step("seqread", "big", "seqread_cached", passes=3))),
@@ -74,6 +78,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("unlink", "unlink of lower files (whiteouts)", "s", "unlink"),
 )}
 
+# The metrics of the phases also timed on the floor.
+FLOOR_METRICS = tuple(step.metric for phase in PHASES if phase.floor for step in phase.steps
+                      if step.metric is not None)
+
 # Repeated cold walks on one mount, caches dropped before each: is the daemon's memory flat
 # and its fd count bounded? FUSE implementations only; its own, single, round.
 REPEAT_WALKS = 5
@@ -82,7 +90,7 @@ REPEAT_WALKS = 5
 @dataclass(frozen=True)
 class Target:
     key: str            # a metric, or a derived figure (see report.derived)
-    against: str        # "fuse-overlayfs", "kernel", or "abs" (an absolute bound)
+    against: str        # "fuse-overlayfs", "kernel", "floor", or "abs" (an absolute bound)
     op: str             # "<=" or ">="
     bound: float
     text: str
@@ -120,4 +128,15 @@ TARGETS: tuple[Target, ...] = (
     *(Target(key, "fuse-overlayfs", "<=", 1.0, f"{key} ≤ 1.0 × fuse-overlayfs")
       for key in ("mount_first_stat", "untar", "rm_rf", "git_status", "git_log_p", "make",
                   "py_import")),
+    Target("copyup_small", "fuse-overlayfs", "<=", 1.5,
+           "copy-up of small files ≤ 1.5 × fuse-overlayfs"),
+    *(Target(f"conc_{op}_4", "fuse-overlayfs", ">=", 1.0,
+             f"{what}, 4 clients: throughput ≥ 1.0 × fuse-overlayfs")
+      for op, what in (("stat", "cold stat"), ("read", "cold small-file reads"))),
+    *(Target(metric, "floor", "<=", 1.5, f"{METRICS[metric].title} ≤ 1.5 × the floor")
+      for metric in FLOOR_METRICS),
+    Target("podman_run", "fuse-overlayfs", "<=", 1.25,
+           "podman run --rm IMG true ≤ 1.25 × fuse-overlayfs"),
+    Target("podman_build", "fuse-overlayfs", "<=", 1.0,
+           "podman build, 4 steps ≤ 1.0 × fuse-overlayfs"),
 )

@@ -8,11 +8,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .impls import ALL, FUSE_OVERLAYFS, KERNEL, OVERLAYFUSE
-from .phases import METRICS, REPEAT_WALKS, TARGETS, Target
+from .concurrency import CLIENTS, CONCURRENCY_METRICS
+from .concurrency import OPS as CONCURRENT_OPS
+from .concurrency import metric_name as concurrency_metric
+from .impls import ALL, FLOOR, FUSE_OVERLAYFS, KERNEL, OVERLAYFUSE
+from .podman import PODMAN_METRICS
+from .phases import FLOOR_METRICS, METRICS, REPEAT_WALKS, TARGETS, Target
 from .workloads import WORKLOAD_METRICS
 
-SHORT = {OVERLAYFUSE: "overlayfuse", FUSE_OVERLAYFS: "fuse-overlayfs", KERNEL: "kernel"}
+SHORT = {OVERLAYFUSE: "overlayfuse", FUSE_OVERLAYFS: "fuse-overlayfs", KERNEL: "kernel",
+         FLOOR: "floor"}
 PNG = "benchmarks-scaling.png"
 
 
@@ -22,7 +27,7 @@ def _median(values: list[float] | None) -> float | None:
 
 
 def medians(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    return {metric: {impl: _median(per_impl.get(impl)) for impl in ALL}
+    return {metric: {impl: _median(per_impl.get(impl)) for impl in (*ALL, FLOOR)}
             for metric, per_impl in results["samples"].items()}
 
 
@@ -174,6 +179,54 @@ def workloads_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]
     return head, rows
 
 
+def podman_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    med = medians(results)
+    head = ["rootless podman", "overlayfuse (s)", "fuse-overlayfs (s)", "native overlay (s)",
+            "overlayfuse / fuse-overlayfs", "overlayfuse / native"]
+    rows = [[metric.title, *[_num(med[name].get(i)) for i in ALL],
+             _ratio(ratio(results, name, FUSE_OVERLAYFS)), _ratio(ratio(results, name, KERNEL))]
+            for name, metric in PODMAN_METRICS.items() if name in med]
+    return head, rows
+
+
+def floor_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    med = medians(results)
+    head = ["phase", "ops", "floor (s)", "floor per op", "overlayfuse per op",
+            "fuse-overlayfs per op", "overlayfuse / floor", "fuse-overlayfs / floor"]
+    rows = []
+    for name in FLOOR_METRICS:
+        floor = med.get(name, {}).get(FLOOR)
+        if floor is None:
+            continue
+        count = results["counts"].get(name)
+        rows.append([METRICS[name].title, f"{count:,}" if count else "", _num(floor),
+                     _per_op(floor, count), _per_op(med[name].get(OVERLAYFUSE), count),
+                     _per_op(med[name].get(FUSE_OVERLAYFS), count),
+                     _ratio(ratio(results, name, FLOOR)),
+                     _ratio(_over(med[name].get(FUSE_OVERLAYFS), floor))])
+    return head, rows
+
+
+def _over(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else value / base
+
+
+def concurrency_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    med = medians(results)
+    head = ["clients", *[f"{title} {SHORT[i]} (ops/s)" for _, _, title in CONCURRENT_OPS
+                         for i in ALL],
+            *[f"{title} overlayfuse / fuse-overlayfs" for _, _, title in CONCURRENT_OPS]]
+    rows = []
+    for clients in CLIENTS:
+        names = [concurrency_metric(op, clients) for op, _, _ in CONCURRENT_OPS]
+        if not any(name in med for name in names):
+            continue
+        rows.append([str(clients),
+                     *[_num(med.get(name, {}).get(i), "MB/s") for name in names for i in ALL],
+                     *[_ratio(ratio(results, name, FUSE_OVERLAYFS)) for name in names]])
+    return head, rows
+
+
 def memory_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     head = ["daemon", "RSS after cold walk (MB)", "fds after cold walk",
             "RSS after warm walks (MB)", f"RSS over {REPEAT_WALKS} cold walks of one mount (MB)",
@@ -240,11 +293,12 @@ def targets_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         others = ", ".join(f"{SHORT[impl]} {fmt(row['key'], value)}"
                            for impl, value in extra.get(row["key"], {}).items()
                            if impl not in ("label", OVERLAYFUSE))
-        if row["label"].endswith("/ kernel"):
-            med = medians(results).get(row["key"], {})
-            theirs, kernel = med.get(FUSE_OVERLAYFS), med.get(KERNEL)
-            if theirs is not None and kernel:
-                others = f"fuse-overlayfs / kernel {theirs / kernel:.2f}"
+        for base in (KERNEL, FLOOR):
+            if row["label"].endswith(f"/ {base}"):
+                med = medians(results).get(row["key"], {})
+                theirs, reference = med.get(FUSE_OVERLAYFS), med.get(base)
+                if theirs is not None and reference:
+                    others = f"fuse-overlayfs / {base} {theirs / reference:.2f}"
         rows.append([row["target"], fmt(row["key"], row["value"]), row["label"], verdict,
                      others])
     return head, rows
@@ -315,6 +369,70 @@ def plot(results: dict[str, Any], path: Path) -> bool:
 
 
 # ---- the documents -------------------------------------------------------------------------
+
+def _podman_part(results: dict[str, Any]) -> list[str]:
+    head, rows = podman_table(results)
+    if not rows:
+        return []
+    spec = results["config"].get("podman", {})
+    return [
+        "### Rootless podman",
+        "",
+        "As a real non-root user with subordinate ids (bench/podman.py, the setup of "
+        "tests/test_rootless_podman.py), a fresh storage per implementation, a busybox image "
+        f"imported offline: `podman run --rm IMG true` {spec.get('runs')} times after one "
+        "untimed run (median), and `podman build --no-cache` of the test's 4-step "
+        f"Containerfile {_n(spec.get('builds', 1), 'time')} (median). overlayfuse and "
+        "fuse-overlayfs as `mount_program`; *native* is podman's own overlay driver (kernel "
+        "overlayfs in the user's namespace). overlayfuse's mount program was "
+        f"`{results.get('podman_mount_program')}`, a wrapper running this checkout with the "
+        "installed command's interpreter.",
+        "",
+        markdown(head, rows),
+        "",
+    ]
+
+
+def _floor_part(results: dict[str, Any]) -> list[str]:
+    head, rows = floor_table(results)
+    if not rows:
+        return []
+    return [
+        "### The floor: a minimal pyfuse3 filesystem",
+        "",
+        "The metadata phases, in the same rounds, also on bench/floorfs.py: the same pyfuse3, "
+        "trio and mount options (`default_permissions`, entry and attribute timeouts of "
+        "3600 s, a negative entry for a missing name), showing the same names, answering "
+        "LOOKUP, GETATTR and READDIRPLUS from dicts built at start. Each phase sends it the "
+        "same requests as overlayfuse (one LOOKUP per cold stat, an OPENDIR, READDIRPLUS and "
+        "RELEASEDIR per listed dir), so a phase's time over the floor's is its cost per request "
+        "over the least a Python FUSE daemon can spend.",
+        "",
+        markdown(head, rows),
+        "",
+    ]
+
+
+def _concurrency_part(results: dict[str, Any]) -> list[str]:
+    head, rows = concurrency_table(results)
+    if not rows:
+        return []
+    cfg = results["config"]
+    return [
+        "### Concurrent clients",
+        "",
+        f"{', '.join(map(str, CLIENTS))} client processes at once on a fresh mount, caches "
+        "dropped: each takes every n-th name of one list (the cold stat of every visible "
+        "file; the cold open and read of every 5th) and all start together; throughput is "
+        "all their operations over the time from the first start to the last end (bench/"
+        f"concurrency.py). Median of {_n(cfg.get('conc_rounds', 1), 'round')}. "
+        "fuse-overlayfs serves requests from several threads, overlayfuse from one trio "
+        "thread; the machine has 2 cores.",
+        "",
+        markdown(head, rows),
+        "",
+    ]
+
 
 def document(results: dict[str, Any], png: str | None) -> str:
     m = results["machine"]
@@ -420,6 +538,9 @@ def document(results: dict[str, Any], png: str | None) -> str:
         markdown(*targets_table(results)),
         "",
         *workloads_part,
+        *_podman_part(results),
+        *_floor_part(results),
+        *_concurrency_part(results),
         "### Daemon memory and fds",
         "",
         markdown(*memory_table(results)),
@@ -431,7 +552,9 @@ def document(results: dict[str, Any], png: str | None) -> str:
             "",
             "Cold stat of every file and cold walk, with the files spread round-robin over 1 to "
             "64 lower layers (each file in exactly one layer; the same dirs in every layer), "
-            "for two sizes of tree. The plot shows time per file.",
+            "for trees of " + " and ".join(f"{n:,}" for n in sorted(
+                {row["files"] for row in results["scaling"]})) + " files. The plot shows time "
+            "per file.",
             "",
         ]
         if png:
@@ -468,6 +591,11 @@ def render(results: dict[str, Any], out: Path, docs: Path | None) -> None:
         print(text_table(*workloads_table(results)))
     print()
     print(text_table(*targets_table(results)))
+    for table in (podman_table, floor_table, concurrency_table):
+        head, rows = table(results)
+        if rows:
+            print()
+            print(text_table(head, rows))
     print()
     print(text_table(*memory_table(results)))
     if results.get("scaling"):

@@ -11,6 +11,7 @@ The timed operations run in a worker process of their own (bench/worker.py).
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ from typing import Any
 
 from overlayfuse import mounts
 
-from . import impls, report, workloads
+from . import concurrency, impls, podman, report, workloads
 from .phases import PHASES, REPEAT_WALKS, Phase, Step
 from .stacks import MainSpec, ScaleSpec, Stack, build_main, build_scale
 
@@ -34,12 +35,14 @@ DEFAULT_DIR = Path("/var/tmp/overlayfuse-bench")
 FULL = {
     "main": MainSpec(),
     "workloads": workloads.WorkloadSpec(),
-    "rounds": 5,
+    "rounds": 3,
     "scale_layers": (1, 8, 32, 64),
     "scale_files": (10_000, 100_000),
     "scale_rounds": 3,
     "scale_rounds_large": 1,    # the 100k-file stacks: one round (they take minutes each)
-    "small_writes": 100_000,
+    "small_writes": 20_000,     # a cost per write: 100,000 took 53 s a round
+    "conc_rounds": 3,
+    "podman": podman.PodmanSpec(),
 }
 QUICK = {
     "main": MainSpec(dirs=20, files=25, big_mib=16, missing_per_dir=10, copyup=100, unlink=100,
@@ -52,12 +55,15 @@ QUICK = {
     "scale_rounds_large": 1,
     "scale_dirs": 20,
     "small_writes": 5_000,
+    "conc_rounds": 1,
+    "podman": podman.QUICK,
 }
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, config: dict[str, Any]) -> None:
+    def __init__(self, args: argparse.Namespace, config: dict[str, Any], out: Path) -> None:
         self.args = args
+        self.out = out
         self.config = config
         self.base: Path = args.dir
         self.scratch = self.base / "run"
@@ -107,14 +113,19 @@ class Bench:
             return {"fatal": done.stderr.strip()[-2000:] or f"exit {done.returncode}"}
         return json.loads(done.stdout)
 
-    def order(self, shift: int) -> list[str]:
-        chosen = self.args.impls
+    def order(self, shift: int, with_floor: bool = False) -> list[str]:
+        chosen = self.args.impls + ([impls.FLOOR] if with_floor and not self.args.no_floor
+                                    else [])
         shift %= len(chosen)
         return chosen[shift:] + chosen[:shift]
 
     def mount(self, impl: str, stack: Stack | Path) -> impls.Mounted:
-        """A fresh mount of a stack, or of one lower layer."""
+        """A fresh mount of a stack, or of one lower layer; the floor shows a stack's names."""
         self.serial += 1
+        if impl == impls.FLOOR:
+            assert isinstance(stack, Stack)
+            return impls.mount_floor([stack.lists["files"], stack.lists["big"]], self.scratch,
+                                     self.serial)
         lowers = [stack] if isinstance(stack, Path) else stack.lowers
         return impls.mount(impl, lowers, self.scratch, self.serial)
 
@@ -137,6 +148,15 @@ class Bench:
                          f"expected {stack.expected_files} in {stack.expected_dirs}")
 
     # ---- the main run --------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Write the results so far: an interrupted run keeps them (render with
+        --report-only)."""
+        self.sample_load()
+        self.results["machine"] = machine_info(self.base, self.load)
+        self.results["duration_s"] = round(time.monotonic() - self.started, 1)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
 
     def run_phase(self, impl: str, phase: Phase, stack: Stack, round_no: int) -> None:
         self.sample_load()
@@ -227,6 +247,37 @@ class Bench:
                     for metric, value in values.items():
                         self.record(metric, impl, value)
 
+    def run_concurrency(self, stack: Stack, rounds: int) -> None:
+        for r in range(rounds):
+            for oi, (op, names, _) in enumerate(concurrency.OPS):
+                for ci, clients in enumerate(concurrency.CLIENTS):
+                    metric = concurrency.metric_name(op, clients)
+                    for impl in self.order(r + oi + ci):
+                        self.sample_load()
+                        try:
+                            m = self.mount(impl, stack)
+                        except Exception as e:  # noqa: BLE001
+                            self.problem(impl, f"mount for {metric}", str(e))
+                            continue
+                        try:
+                            self.drop_caches()
+                            out = concurrency.run_clients(op, m.mnt, stack.lists[names],
+                                                          clients, REPO)
+                            status = m.status()
+                        finally:
+                            impls.unmount(m)
+                        self.check(impl, Step(op, names, metric), stack, out)
+                        if "fatal" in out:
+                            continue
+                        res = self.results
+                        res["samples"].setdefault(metric, {}).setdefault(impl, []).append(
+                            out["ops_per_s"])
+                        res["status"].setdefault(metric, {}).setdefault(impl, []).append(status)
+                        res["outputs"].setdefault(metric, {}).setdefault(impl, []).append(out)
+                        res["counts"][metric] = out["count"]
+                        self.log(f"  r{r + 1} {metric:16s} {impl:15s} {out['ops_per_s']:9.0f} "
+                                 f"ops/s")
+
     def run_scaling(self, stacks: list[tuple[ScaleSpec, Stack]], rounds: int,
                     rounds_large: int) -> None:
         smallest = min(spec.files for spec, _ in stacks)
@@ -275,39 +326,59 @@ class Bench:
             [(spec, build_scale(self.base, spec)) for spec in scale_specs]
         self.log(f"main stack: {main.count('files')} visible files, {len(main.lowers)} lowers; "
                  f"implementations: {', '.join(self.args.impls)}")
-        phases = [p for p in PHASES if not self.args.phases or p.name in self.args.phases]
-        for r in range(cfg["rounds"]):
-            self.log(f"round {r + 1}/{cfg['rounds']}")
-            for pi, phase in enumerate(phases):
-                for impl in self.order(r + pi):
-                    self.run_phase(impl, phase, main, r)
-        if not self.args.phases or "repeat_walks" in self.args.phases:
-            self.log(f"daemon memory over {REPEAT_WALKS} cold walks of one mount")
-            for impl in self.args.impls:
-                if impl != impls.KERNEL:
-                    self.repeat_walks(impl, main)
-        if not self.args.no_workloads and (not self.args.phases or
-                                            "workloads" in self.args.phases):
-            self.log("real workloads: mount latency, tar, git, make, python imports")
-            layers = workloads.build(self.base, cfg["workloads"])
-            self.run_workloads(layers, cfg["workloads"], cfg["rounds"])
-        if scale_stacks:
-            self.log("scaling: cold stat and cold walk by number of lowers and files")
-            self.run_scaling(scale_stacks, cfg["scale_rounds"], cfg["scale_rounds_large"])
-        self.sample_load()
         self.results["counts"]["walk_cold"] = self.results["counts"]["walk_warm"] = \
             main.expected_files
         self.results["config"] = {
             "quick": self.args.quick, "rounds": cfg["rounds"], "scale_rounds": cfg["scale_rounds"],
+            "conc_rounds": cfg["conc_rounds"], "floor": not self.args.no_floor,
             "scale_rounds_large": cfg["scale_rounds_large"],
             "main": asdict(cfg["main"]), "workloads": asdict(cfg["workloads"]),
+            "podman": asdict(cfg["podman"]),
             "scale": [asdict(s) for s in scale_specs] if scale_stacks else [],
             "impls": self.args.impls, "dir": str(self.base),
             "visible_files": main.count("files"), "dirs": main.count("dirs"),
             "missing_names": main.count("missing"),
         }
-        self.results["machine"] = machine_info(self.base, self.load)
-        self.results["duration_s"] = round(time.monotonic() - self.started, 1)
+        phases = [p for p in PHASES if not self.args.phases or p.name in self.args.phases]
+        for r in range(cfg["rounds"]):
+            self.log(f"round {r + 1}/{cfg['rounds']}")
+            for pi, phase in enumerate(phases):
+                for impl in self.order(r + pi, phase.floor):
+                    self.run_phase(impl, phase, main, r)
+            self.checkpoint()
+        if not self.args.no_concurrency and (not self.args.phases or
+                                              "concurrency" in self.args.phases):
+            self.log(f"concurrency: {', '.join(map(str, concurrency.CLIENTS))} clients at once")
+            self.run_concurrency(main, cfg["conc_rounds"])
+            self.checkpoint()
+        if not self.args.no_podman and (not self.args.phases or "podman" in self.args.phases):
+            why = podman.unavailable()
+            if why is None:
+                self.log("rootless podman: run and build")
+                self.sample_load()
+                self.results["podman_mount_program"] = podman.run(
+                    cfg["podman"], list(self.args.impls), self.log, self.record,
+                    self.problem)
+                self.sample_load()
+            else:
+                self.log(f"rootless podman skipped: {why}")
+            self.checkpoint()
+        if not self.args.no_workloads and (not self.args.phases or
+                                            "workloads" in self.args.phases):
+            self.log("real workloads: mount latency, tar, git, make, python imports")
+            layers = workloads.build(self.base, cfg["workloads"])
+            self.run_workloads(layers, cfg["workloads"], cfg["rounds"])
+            self.checkpoint()
+        if not self.args.phases or "repeat_walks" in self.args.phases:
+            self.log(f"daemon memory over {REPEAT_WALKS} cold walks of one mount")
+            for impl in self.args.impls:
+                if impl != impls.KERNEL:
+                    self.repeat_walks(impl, main)
+            self.checkpoint()
+        if scale_stacks:
+            self.log("scaling: cold stat and cold walk by number of lowers and files")
+            self.run_scaling(scale_stacks, cfg["scale_rounds"], cfg["scale_rounds_large"])
+        self.checkpoint()
         return self.results
 
 
@@ -354,14 +425,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="a small stack and one round: a smoke test of the suite (under a minute)")
-    p.add_argument("--rounds", type=int, help="rounds of the main phases (default 5)")
+    p.add_argument("--rounds", type=int, help="rounds of the main phases (default 3)")
     p.add_argument("--scale-rounds", type=int,
                    help="rounds of the scaling runs on the 10k-file stacks (default 3)")
     p.add_argument("--scale-rounds-large", type=int,
                    help="rounds of the scaling runs on the 100k-file stacks (default 1)")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
+    p.add_argument("--scale-files", type=int, nargs="+", metavar="N",
+                   help="the sizes of the scaling stacks (default 10000 100000)")
     p.add_argument("--no-workloads", action="store_true", help="skip the real workloads")
-    names = [phase.name for phase in PHASES] + ["repeat_walks", "workloads"]
+    p.add_argument("--no-concurrency", action="store_true",
+                   help="skip the concurrent clients")
+    p.add_argument("--no-podman", action="store_true", help="skip the rootless podman runs")
+    p.add_argument("--no-floor", action="store_true",
+                   help="do not time the metadata phases on the minimal pyfuse3 filesystem")
+    names = [phase.name for phase in PHASES] + ["repeat_walks", "concurrency", "workloads",
+                                                "podman"]
     p.add_argument("--phase", dest="phases", action="append", metavar="NAME", choices=names,
                    help="run only this phase (repeatable): " + ", ".join(names))
     p.add_argument("--impl", dest="impls", action="append", choices=impls.ALL,
@@ -407,14 +486,18 @@ def main(argv: list[str] | None = None) -> int:
         config["scale_rounds"] = args.scale_rounds
     if args.scale_rounds_large:
         config["scale_rounds_large"] = args.scale_rounds_large
-    bench = Bench(args, config)
+    if args.scale_files:
+        config["scale_files"] = tuple(args.scale_files)
+    # The daemon and the podman wrapper import the package from this checkout: without
+    # bytecode there (PYTHONDONTWRITEBYTECODE, or a fresh clone) every mount would compile it.
+    compileall.compile_dir(REPO / "overlayfuse", quiet=1)
+    bench = Bench(args, config, out)
     try:
         results = bench.run()
     except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
+        print(f"bench: interrupted; the results so far are in {out / 'results.json'}",
+              file=sys.stderr)
         return 130
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
     report.render(results, out, REPO / "docs" if args.docs else None)
     bench.log(f"results in {out}" + (" and docs/benchmarks.md" if args.docs else ""))
     return 0

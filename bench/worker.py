@@ -5,6 +5,11 @@ Run as `python -m bench.worker` with one JSON request on stdin; prints one JSON 
 stdout. Only the loop itself is timed: interpreter start-up, imports and reading the list
 of names are not. Errors are counted, not raised, so that a broken implementation shows up
 as a failed check in the report rather than as a crash of the suite.
+
+Concurrent clients (bench/concurrency.py) each take a share of the names (`"share": [k, n]`:
+every n-th from the k-th) and start together: with `"barrier": true` the worker prints
+`ready` once its names are loaded and starts at the next line on stdin; its result then has
+the start and end of its loop on the machine's monotonic clock.
 """
 
 from __future__ import annotations
@@ -195,13 +200,20 @@ OPS: dict[str, Callable[[list[str], dict[str, Any]], dict[str, Any]]] = {
 def run(request: dict[str, Any]) -> dict[str, Any]:
     op = OPS[request["op"]]
     paths = _names(request) if "list" in request else []
+    if "share" in request:
+        k, n = request["share"]
+        paths = paths[k::n]
     passes = int(request.get("passes", 1))
+    if request.get("barrier"):
+        print("ready", flush=True)
+        sys.stdin.readline()
     times: list[float] = []
     result: dict[str, Any] = {}
     for _ in range(passes):
         start = time.perf_counter()
         result = op(paths, request)
         times.append(time.perf_counter() - start)
+    result["started"], result["ended"] = start, start + times[-1]
     # Several passes only for warm operations, which are short and so noisy: their median.
     result["seconds"] = statistics.median(times)
     result["passes"] = times
@@ -209,7 +221,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    request = json.load(sys.stdin)
+    request = json.loads(sys.stdin.readline())
     os.chdir("/")
     try:
         result = run(request)

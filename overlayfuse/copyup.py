@@ -4,7 +4,8 @@ The copy is built in workdir/work under a temporary name (data, owner, mode, xat
 and renamed into place only when complete, so a crash leaves the lower version visible and
 garbage only in the workdir, which is emptied at the next mount. Parents are copied first.
 File data is copied in a worker thread (reflink, else copy_file_range over the data extents,
-keeping holes) so that a large copy does not stall other requests.
+keeping holes) so that a large copy does not stall other requests; a small file's copy is
+made in the request's own task, where it costs less than the hand-off to a thread and back.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .xattrs import XattrNames
 
 FICLONE = 0x40049409
 COPY_CHUNK = 64 << 20
+INLINE_COPY = 128 << 10     # the largest file copied up without a worker thread
 
 
 class WorkDir:
@@ -264,10 +266,15 @@ class CopyUp:
 
     async def _stage_regular_file(self, src: int, temp: bytes, st: os.stat_result,
                                   with_data: bool) -> None:
-        """Stage a copy of the file open as `src` (which it closes) and record its origin,
-        in a worker thread: only fds it owns cross the await."""
+        """Stage a copy of the file open as `src` (which it closes) and record its origin.
+        A small file is copied in the request's own task (the hand-off to a worker thread
+        and back costs more than the copy); a bigger one in a worker thread, and then only
+        fds it owns cross the await."""
         with OwnedFd(src), OwnedFd(open_in(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
                                        self.work.fd)) as dst:
-            await trio.to_thread.run_sync(_stage_regular, src, dst, st, self.names,
-                                          not self.tree.stack.volatile, with_data)
+            stage = (src, dst, st, self.names, not self.tree.stack.volatile, with_data)
+            if st.st_size <= INLINE_COPY or not with_data:
+                _stage_regular(*stage)
+            else:
+                await trio.to_thread.run_sync(_stage_regular, *stage)
             self.tree.origins.record((src, None), st.st_dev, (dst, None))

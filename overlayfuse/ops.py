@@ -37,6 +37,9 @@ log = logging.getLogger("overlayfuse")
 # aligned buffers of us; O_CREAT/O_EXCL were handled by the kernel's lookup.
 OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_DIRECT | os.O_NOCTTY
 COPY_UP_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
+# A file no larger than this (one readahead unit) is read in the request's own task even
+# when its data must come from the disk.
+INLINE_READ = 128 << 10
 
 
 def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -383,8 +386,10 @@ class Operations(pyfuse3.Operations):
         handle = self._files[fh]
         if handle.layer != handle.node.top_layer:
             self._reopen_copied_up(handle)
-        # What the page cache holds is read at once; a read that would wait for the disk
-        # goes to a worker thread, so that other requests (and other reads) go on meanwhile.
+        # What the page cache holds is read at once. A read that would wait for the disk
+        # goes to a worker thread, so that other requests (and other reads) go on meanwhile;
+        # except the rest of a small file, read here like a cold lookup's stat: the hand-off
+        # to a thread and back cost more than the one disk read (bench/notes.md).
         buffer = bytearray(size)
         try:
             got = os.preadv(handle.fd, [buffer], off, os.RWF_NOWAIT)
@@ -394,10 +399,16 @@ class Operations(pyfuse3.Operations):
             if e.errno != errno.EOPNOTSUPP:     # tmpfs, for one, has no RWF_NOWAIT: in memory
                 raise
             got = _read_into(handle.fd, memoryview(buffer), off)
-        if got < size and os.fstat(handle.fd).st_size > off + got:
-            fd = handle.fd      # the handle may move to a copied-up fd meanwhile
-            got += await trio.to_thread.run_sync(_read_into, fd, memoryview(buffer)[got:],
-                                                 off + got)
+        if got < size:
+            end = os.fstat(handle.fd).st_size
+            if off + got >= end:
+                return memoryview(buffer)[:got]
+            rest = memoryview(buffer)[got:min(size, end - off)]
+            if end - off <= INLINE_READ:
+                got += _read_into(handle.fd, rest, off + got)
+            else:
+                fd = handle.fd      # the handle may move to a copied-up fd meanwhile
+                got += await trio.to_thread.run_sync(_read_into, fd, rest, off + got)
         return memoryview(buffer)[:got]
 
     def _reopen_copied_up(self, handle: OpenFile) -> None:

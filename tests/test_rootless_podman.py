@@ -67,21 +67,23 @@ def _missing() -> list[str]:
 
 
 class User:
-    """A non-root user with subordinate id ranges and a podman configuration of its own."""
+    """A non-root user with subordinate id ranges and a podman configuration of its own.
+    (bench/podman.py makes one too, under another name, so that both can run at once.)"""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, name: str = USER, subids: str = "400000-465535") -> None:
         self.base = base
+        self.name = name
         subprocess.run(["useradd", "--create-home", "--home-dir", str(base / "home"),
-                        "--shell", "/bin/sh", USER], check=True, capture_output=True)
-        self.uid = pwd.getpwnam(USER).pw_uid
+                        "--shell", "/bin/sh", name], check=True, capture_output=True)
+        self.uid = pwd.getpwnam(name).pw_uid
         self.home = base / "home"
         for pid, _ in self.processes():     # an interrupted earlier run's, with this uid
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for table, flag in (("/etc/subuid", "--add-subuids"), ("/etc/subgid", "--add-subgids")):
             with open(table) as ranges:
-                if not any(line.startswith(USER + ":") for line in ranges):
-                    subprocess.run(["usermod", flag, "400000-465535", USER], check=True)
+                if not any(line.startswith(name + ":") for line in ranges):
+                    subprocess.run(["usermod", flag, subids, name], check=True)
         self.runtime = base / "run"
         self.runtime.mkdir(mode=0o700)
         os.chown(self.runtime, self.uid, self.uid)
@@ -101,9 +103,9 @@ class User:
 
     def run(self, *args: str, stdin: bytes | None = None, check: bool = True
             ) -> subprocess.CompletedProcess[bytes]:
-        env = {"HOME": str(self.home), "XDG_RUNTIME_DIR": str(self.runtime), "USER": USER,
+        env = {"HOME": str(self.home), "XDG_RUNTIME_DIR": str(self.runtime), "USER": self.name,
                "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8"}
-        done = subprocess.run(["runuser", "-u", USER, "--", "env", "-i",
+        done = subprocess.run(["runuser", "-u", self.name, "--", "env", "-i",
                                *(f"{k}={v}" for k, v in env.items()), *args],
                               input=stdin, capture_output=True, cwd=self.home, timeout=300)
         if check:
@@ -161,10 +163,10 @@ class User:
         for pid, _ in self.processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        subprocess.run(["userdel", "--force", USER], capture_output=True)
+        subprocess.run(["userdel", "--force", self.name], capture_output=True)
         for table in ("/etc/subuid", "/etc/subgid"):
             with open(table) as ranges:
-                lines = [line for line in ranges if not line.startswith(USER + ":")]
+                lines = [line for line in ranges if not line.startswith(self.name + ":")]
             with open(table, "w") as ranges:
                 ranges.writelines(lines)
         subprocess.run(["rm", "-rf", "--one-file-system", str(self.base)], capture_output=True)
