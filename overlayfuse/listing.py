@@ -9,6 +9,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from . import redirect
 from .precedence import DIR, NONDIR, NOT_SAID, WHITED_OUT, Said
 from .syscalls import open_noatime, open_readable_dir, xattr_names
 from .whiteout import (HOLDS_XWHITEOUTS, OCI_OPAQUE_MARKER, OPAQUE, is_whiteout, is_xwhiteout,
@@ -23,6 +24,7 @@ class Listing:
     opaque: bool
     oci_markers: frozenset[bytes]   # `.wh.*` entries themselves, removed when a name is re-used
     xwhiteouts: frozenset[bytes]    # the whiteouts that are xattr whiteouts
+    redirect: bytes | None = None   # a lower dir's own redirect, as stored (unchecked)
 
     def says(self, name: bytes) -> Said:
         """What this directory says about `name`, in the terms of precedence.py."""
@@ -41,7 +43,8 @@ def read_listing(dir_fd: int, lower: bool, touch_atime: bool = False) -> Listing
     whiteouts: set[bytes] = set()
     oci_markers: set[bytes] = set()
     xwhiteouts: set[bytes] = set()
-    marker = opaque_marker(dir_fd, None, xattr_names(dir_fd))
+    xattrs = xattr_names(dir_fd)
+    marker = opaque_marker(dir_fd, None, xattrs)
     opaque = marker == OPAQUE
     holds_xwhiteouts = lower and marker == HOLDS_XWHITEOUTS
     if touch_atime:
@@ -76,7 +79,8 @@ def read_listing(dir_fd: int, lower: bool, touch_atime: bool = False) -> Listing
     # A `.wh.NAME` beside a real NAME in the same layer: the real entry wins.
     whiteouts.difference_update(entries)
     return Listing(entries, frozenset(dirs), frozenset(whiteouts), opaque, frozenset(oci_markers),
-                   frozenset(xwhiteouts))
+                   frozenset(xwhiteouts),
+                   redirect.read_unchecked(dir_fd, None, xattrs) if lower else None)
 
 
 class ListingCache:

@@ -36,12 +36,20 @@ def read(fd: int, name: bytes | None = None, present: Collection[bytes] | None =
          ) -> bytes | None:
     """The redirect of the dir behind `fd` (or `name` in it), checked; None if it has none.
     `present`: the names of the xattrs it has, if known."""
+    value = read_unchecked(fd, name, present)
+    return None if value is None else check(value)
+
+
+def read_unchecked(fd: int, name: bytes | None = None,
+                   present: Collection[bytes] | None = None) -> bytes | None:
+    """`read` without the check, for a listing that keeps it until a lookup goes through it
+    (the kernel refuses a bad redirect only where it would follow it)."""
     path, follow = proc_path(fd, name)
     for attr in REDIRECT_XATTRS:
         if present is not None and attr not in present:
             continue
         try:
-            return check(os.getxattr(path, attr, follow_symlinks=follow))
+            return os.getxattr(path, attr, follow_symlinks=follow)
         except OSError as e:
             if e.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
                 raise
@@ -75,8 +83,6 @@ def absolute(chain: Iterable[tuple[bytes, bytes | None]]) -> bytes:
 
 
 def relative(name: bytes, redirect: bytes | None) -> bytes:
-    """The redirect of a dir renamed within its parent: the one it has, or its name."""
-    value = redirect if redirect is not None else name
-    if len(value) > REDIRECT_MAX:
-        raise OSError(errno.EXDEV, "redirect would be too long")
-    return value
+    """The redirect of a dir renamed within its parent: the one it has, or its name (a
+    name is never longer than REDIRECT_MAX)."""
+    return redirect if redirect is not None else name

@@ -65,7 +65,6 @@ class Tree:
         # would go where one points is refused (EPERM) rather than followed.
         self.read_redirects = len(stack.layers) > 1
         self.follow_redirects = stack.redirect_dir != "nofollow"
-        self._lower_redirects: dict[tuple[int, int], bytes | None] = {}
         self.root = Node(ino=ROOT_INO, parent=None, name=b"", is_dir=True,
                          layers=stack.layers,
                          real_inos=tuple(layer.ino for layer in stack.layers),
@@ -271,16 +270,10 @@ class Tree:
         return listing
 
     def lower_redirect(self, layer: Layer, d_ino: int, base: Node, rel: bytes) -> bytes | None:
-        """The redirect of a lower dir (lower layers never change: read once)."""
-        key = (layer.index, d_ino)
-        if key in self._lower_redirects:
-            return self._lower_redirects[key]
-        with OwnedFd(open_dir_walk(rel, self.dir_fd(base, layer))) as fd:
-            value = redirect.read(fd)
-        if len(self._lower_redirects) >= _MAX_LOWER_REDIRECTS:
-            self._lower_redirects.clear()
-        self._lower_redirects[key] = value
-        return value
+        """The redirect of a lower dir, kept in its cached listing (its entries are wanted
+        next anyway: a lookup goes on below it)."""
+        value = self.listing_below(layer, d_ino, base, rel).redirect
+        return None if value is None else redirect.check(value)
 
     def lookup(self, parent: Node, name: bytes, upper_names: Listing | None = None
                ) -> tuple[Node, os.stat_result] | None:
@@ -479,9 +472,6 @@ class _Walk:
                  for base, rel in (self.places[layer],)
                  if not (base is self.parent and rel == self.name)}
         return paths or None
-
-
-_MAX_LOWER_REDIRECTS = 100_000
 
 
 def _join(path: bytes, name: bytes) -> bytes:
