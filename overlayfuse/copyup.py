@@ -269,7 +269,8 @@ class CopyUp:
                 if metadata_only and lower_data is None:
                     where = self.tree.lower_path(node.parent, node.top_layer)
                     lower_data = LowerData(node.top_layer, where + b"/" + node.name
-                                           if where else node.name, st.st_blocks)
+                                           if where else node.name, st.st_blocks,
+                                           st.st_nlink > 1)
                 # Only fds of its own go past the await: src_dir is borrowed from the dir-fd
                 # cache, and other requests may close its number and reuse it meanwhile.
                 src = open_noatime(node.name, os.O_RDONLY | os.O_NOFOLLOW, src_dir)

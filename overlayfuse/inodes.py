@@ -42,6 +42,7 @@ class LowerData:
     layer: Layer
     path: bytes                     # from the layer's root
     blocks: int                     # its st_blocks
+    linked: bool = False            # the lower file right below is hard-linked (nlink > 1)
 
 
 @dataclass(eq=False, slots=True)

@@ -366,7 +366,9 @@ class Namespace:
                 raise OSError(errno.EXDEV, "directory has a lower layer")
         elif node.lower_data is None:
             return None
-        if old_parent is new_parent:
+        # The kernel's rule: a file whose lower file is hard-linked gets an absolute one,
+        # since its other names may be copied up in other dirs.
+        if old_parent is new_parent and not (node.lower_data and node.lower_data.linked):
             return redirect.relative(node.name, node.redirect)
         return self._absolute_redirect(node)
 

@@ -251,6 +251,7 @@ class Tree:
         metadata-only copies (the kernel's lookup of a metacopy file's lower data)."""
         parent = walk.parent
         layers: Sequence[Layer] = parent.layers[parent.layers.index(layer) + 1:]
+        linked = None
         while True:
             if value is not None:
                 layers = walk.follow(value, layer) or layers
@@ -269,10 +270,12 @@ class Tree:
                 if not stat.S_ISREG(st.st_mode):
                     raise OSError(errno.EIO, "metacopy file's lower data is not a file",
                                   walk.name)
+                if linked is None:
+                    linked = st.st_nlink > 1
                 present = xattr_names(fd, name) if metacopy.may_be_marked(st, True) \
                     else frozenset()
                 if not metacopy.is_marked(present):
-                    return LowerData(layer, path, st.st_blocks)
+                    return LowerData(layer, path, st.st_blocks, linked)
                 value = redirect.read(fd, name, present)
             layers = layers[layers.index(layer) + 1:]
 

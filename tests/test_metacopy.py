@@ -67,6 +67,8 @@ SCENARIOS: dict[str, list[tuple]] = {
     "exchange": [("rename", "d/f", "d/g", RENAME_EXCHANGE), ("read", "d/f"), ("read", "d/g")],
     "link": [("link", "big", "e/big-link"), ("read", "e/big-link"), ("stat", "big"),
              ("write", "e/big-link", 0, "via link"), ("read", "big"), ("stat", "e/big-link")],
+    "rename-lower-hard-link": [("rename", "link2b", "renamed"), ("read", "renamed"),
+                               ("rename", "link2", "d/elsewhere"), ("read", "d/elsewhere")],
     "lower-hard-link": [("chmod", "link2", 0o600), ("read", "link2"), ("stat", "link2b"),
                         ("write", "link2", 0, "W"), ("read", "link2b"), ("read", "link2")],
     "unlink-after": [("chmod", "big", 0o600), ("unlink", "big"), ("listdir", ""),
