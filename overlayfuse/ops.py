@@ -11,7 +11,6 @@ import functools
 import logging
 import os
 import stat
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -431,10 +430,15 @@ class Operations(pyfuse3.Operations):
         return memoryview(buffer)[:got]
 
     def _touch_atime(self, node: Node) -> None:
-        """Move the atime of the upper file (only: the data read is another file's)."""
-        path, follow = proc_path(*self.tree.xattr_target(node))
-        mtime = os.stat(path, follow_symlinks=follow).st_mtime_ns
-        os.utime(path, ns=(time.time_ns(), mtime), follow_symlinks=follow)
+        """Move the atime of the upper file, though the data read is another file's: by a
+        read of the upper file itself (no data there, so no disk read), as only a read moves
+        the atime without the ctime, by the mount's atime policy."""
+        try:
+            fd = os.open(proc_path(*self.tree.xattr_target(node))[0], os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            return      # not root, and no read permission on it: nor would the kernel have
+        with OwnedFd(fd):
+            os.pread(fd, 1, 0)
 
     def _reopen_copied_up(self, handle: OpenFile) -> None:
         """The file was copied up since it was opened: read from the copy, as the kernel does."""
