@@ -308,8 +308,12 @@ class CopyUp:
                                        self.work.fd)) as dst, \
                 OwnedFd(self.tree.open_lower_data(lower_data, os.O_RDONLY)
                         if with_data and lower_data is not None else os.dup(src)) as data:
-            stage = (src, dst, st, self.names, not self.tree.stack.volatile,
-                     data if with_data else None, self.prefix if metadata_only else None)
+            # A metadata-only copy holds no data to make durable, and a journalling upper
+            # filesystem keeps its xattrs ahead of the rename that shows it: no fsync (as
+            # the kernel's, short of fsync=strict), which would cost more than all the rest.
+            sync = not (self.tree.stack.volatile or metadata_only)
+            stage = (src, dst, st, self.names, sync, data if with_data else None,
+                     self.prefix if metadata_only else None)
             if st.st_size <= INLINE_COPY or not with_data:
                 _stage_regular(*stage)
             else:
