@@ -8,8 +8,8 @@ is one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import _signal      # signal itself converts to enums: importing enum cost ~10 ms of start-up
 import os
-import signal
 import sys
 
 from .errors import MountError, UsageError
@@ -23,7 +23,7 @@ EXIT_MOUNT = 1
 DETACHED = b"D"
 # What ends the daemon cleanly (it unmounts). Held back until the main loop watches for them,
 # so that one sent while the runtime loads still unmounts.
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+STOP_SIGNALS = {_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP}
 
 
 def _fail(message: str, code: int) -> int:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         fuse = mount(stack.mountpoint, fuse_options(options, stack))
     except MountError as e:
         return _fail(str(e), EXIT_MOUNT)
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, STOP_SIGNALS)
     if not options.foreground:
         detach(fuse)
     from .daemon import run
