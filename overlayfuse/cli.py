@@ -8,8 +8,8 @@ is one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import _signal      # signal itself converts to enums: importing enum cost ~10 ms of start-up
 import os
-import signal
 import sys
 
 from .errors import MountError, UsageError
@@ -21,9 +21,9 @@ from .remount import remount
 EXIT_USAGE = 2
 EXIT_MOUNT = 1
 DETACHED = b"D"
-# What ends the daemon cleanly (it unmounts). Held back until the main loop watches for them,
-# so that one sent while the runtime loads still unmounts.
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# What ends the daemon cleanly (it unmounts). Held back from the command's start until the
+# main loop watches for them, so that one sent while the runtime loads still unmounts.
+STOP_SIGNALS = {_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP}
 
 
 def _fail(message: str, code: int) -> int:
@@ -32,7 +32,20 @@ def _fail(message: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    # Stop signals are held while the command works, so that none can leave a mount without
+    # its daemon, or end the command in a traceback: one that came before the mount ends the
+    # command there (nothing is mounted yet); one that comes later is the daemon's, which
+    # unmounts as soon as it serves.
+    held = _signal.pthread_sigmask(_signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return _mount(sys.argv[1:] if argv is None else argv)
+    finally:
+        _end_if_stopped()
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, held)
+
+
+def _mount(argv: list[str]) -> int:
+    """Mount, then serve as the daemon (which never returns here); or the failure's status."""
     try:
         options = parse_args(argv)
     except UsageError as e:
@@ -53,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack = open_stack(options)
         log_fd = open_log(options)
+        _end_if_stopped()
         fuse = mount(stack.mountpoint, fuse_options(options, stack))
     except MountError as e:
         return _fail(str(e), EXIT_MOUNT)
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     if not options.foreground:
         detach(fuse)
     from .daemon import run
@@ -67,6 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _end_if_stopped() -> None:
+    """End the process by a stop signal that came while they were held, as its default
+    action would have (SIGINT's Python handler would raise KeyboardInterrupt instead)."""
+    pending = _signal.sigpending() & STOP_SIGNALS
+    if pending:
+        for signum in pending:
+            _signal.signal(signum, _signal.SIG_DFL)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, pending)
 
 
 def _missing_runtime() -> str | None:

@@ -147,7 +147,8 @@ def _mount_with_fusermount(mountpoint: str, request: MountRequest) -> FuseMount:
                     (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                     (os.POSIX_SPAWN_DUP2, error_write, 2)]
         try:
-            pid = os.posix_spawnp(FUSERMOUNT, argv, env, file_actions=redirect)
+            # Without the command's held stop signals (cli.main): it may outlive the command.
+            pid = os.posix_spawnp(FUSERMOUNT, argv, env, file_actions=redirect, setsigmask=())
         except OSError as e:
             ours.close()
             os.close(error_read)

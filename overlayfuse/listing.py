@@ -6,6 +6,7 @@ of entries held); a lookup in a lower layer is then a dict probe, not a syscall.
 from __future__ import annotations
 
 import os
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -51,10 +52,12 @@ def read_listing(dir_fd: int, lower: bool, touch_atime: bool = False) -> Listing
         fd = open_readable_dir(dir_fd)
     else:
         fd = open_noatime(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd)
+    # os.fsencode without its Python call per entry
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     try:
         with os.scandir(fd) as scan:
             for entry in scan:
-                name = os.fsencode(entry.name)
+                name = entry.name.encode(encoding, errors)
                 if name.startswith(b".wh."):
                     oci_markers.add(name)
                     if name == OCI_OPAQUE_MARKER:

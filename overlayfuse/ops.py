@@ -92,6 +92,7 @@ class Operations(pyfuse3.Operations):
         self.tree = tree
         self.uids = uids or IdMap()
         self.gids = gids or IdMap()
+        self._ids_mapped = not (self.uids.identity and self.gids.identity)
         self.timeout = timeout
         self.debug = debug
         self.xattr_names = XattrNames(tree.stack.xattr_prefix)
@@ -131,17 +132,22 @@ class Operations(pyfuse3.Operations):
         return self.tree.table.get(ino)
 
     def _entry(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        # Made for every lookup, getattr and readdirplus entry: each attribute set costs.
+        # A new EntryAttributes has generation 0 already.
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = node.ino
         if node.st_ino:
             entry.attr_ino = node.st_ino
-        entry.generation = 0
         entry.entry_timeout = self.timeout
         entry.attr_timeout = self.timeout
         entry.st_mode = st.st_mode
         entry.st_nlink = 1 if node.is_dir and len(node.layers) > 1 else st.st_nlink
-        entry.st_uid = self.uids.to_view(st.st_uid)
-        entry.st_gid = self.gids.to_view(st.st_gid)
+        if self._ids_mapped:
+            entry.st_uid = self.uids.to_view(st.st_uid)
+            entry.st_gid = self.gids.to_view(st.st_gid)
+        else:
+            entry.st_uid = st.st_uid
+            entry.st_gid = st.st_gid
         entry.st_rdev = st.st_rdev
         entry.st_size = st.st_size
         entry.st_blksize = st.st_blksize

@@ -86,9 +86,14 @@ def test_an_exception_in_the_block_still_unmounts(tmp_path: Path) -> None:
     assert overlay.process is not None and overlay.process.returncode == 0
 
 
+# Python raises KeyboardInterrupt on SIGINT only if SIGINT was not ignored when it started, and
+# a shell without job control starts a background job (`pytest ... &`) with SIGINT ignored:
+# the script then slept through the signal and left its daemon mounted. Its handler is set as
+# in a terminal.
 CTRL_C = """
-import sys, time
+import signal, sys, time
 from overlayfuse import Overlay
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with Overlay([sys.argv[1]]) as overlay:
     print(overlay.merged, overlay.pid, flush=True)
     time.sleep(60)

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from layerspec import build_stack, raw_snapshot
+import overlayfuse
 from overlayfuse import Overlay, mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -260,6 +261,47 @@ def test_signal_unmounts_a_foreground_daemon(stack: dict, tmp_path: Path, sig: i
     assert f"received signal {int(sig)}" in log
 
 
+def _opening_a_fifo(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read() == "wait_for_partner"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_during_start_up_ends_it_before_the_mount(stack: dict, tmp_path: Path,
+                                                                sig: int) -> None:
+    # Ctrl-C while the command still works (held up here opening its log file, a FIFO that
+    # nobody reads yet): it ends as the signal's default action ends it, without a traceback
+    # and with nothing mounted.
+    merged = stack["merged"]
+    fifo = tmp_path / "log"
+    os.mkfifo(fifo)
+    command = subprocess.Popen([COMMAND, "-f", "--log-file", str(fifo), "-o",
+                                mount_options(stack), str(merged)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + WAIT
+        while not _opening_a_fifo(command.pid):
+            assert command.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        command.send_signal(sig)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)     # its open goes on now
+        try:
+            stdout, stderr = command.communicate(timeout=WAIT)
+        finally:
+            os.close(reader)
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+            mounts.unmount(merged)
+    assert (command.returncode, stdout, stderr) == (-sig, "", "")
+    assert not mounts.is_mounted(merged)
+
+
 # Where /bin/sh looks when it has no PATH: util-linux mount(8) drops PATH from the
 # environment before it runs /sbin/mount.fuse3, which runs `/bin/sh -c 'overlayfuse' ...`.
 SH_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -422,6 +464,21 @@ def test_the_command_leaves_the_runtime_to_the_daemon(stack: dict, reaped: list)
     pid = the_daemon(merged, reaper)
     mounts.unmount(merged)
     assert reaper.exit_code(pid) == 0
+
+
+def test_the_command_script_and_package_leave_re_and_enum_alone() -> None:
+    # `re` and `enum` (brought in by pip's wrapper for an entry point, and by `signal`) took
+    # longer to import than the rest of the command together. Run without site (-S), so that
+    # what is reported is what the command loads, not what a venv's start-up loaded before.
+    package_root = Path(overlayfuse.__file__).parent.parent
+    result = subprocess.run([sys.executable, "-S", "-X", "importtime", COMMAND, "--version"],
+                            env=dict(os.environ, PYTHONPATH=str(package_root)),
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    loaded = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+              if line.startswith("import time:")}
+    assert "overlayfuse.fusedev" in loaded
+    assert loaded & {"re", "enum", "signal"} == set()
 
 
 def test_stop_signal_while_the_runtime_loads(stack: dict, reaped: list, tmp_path: Path) -> None:

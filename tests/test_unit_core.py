@@ -428,3 +428,31 @@ def test_copy_file_data_of_an_empty_file(tmp_path: Path) -> None:
         os.close(src_fd)
         os.close(dst_fd)
     assert (tmp_path / "dst").read_bytes() == b""
+
+
+def test_a_lower_files_kept_stat_is_its_stat(tmp_path: Path) -> None:
+    lowers = [{"d/f": "file:top"}, {"d/f": "file:hidden", "d/g": "file:bottom"}]
+    with core(tmp_path, lowers, read_only=True) as ov:
+        for path in ("d/f", "d/g"):
+            node = ov.node(path)
+            assert node.lower_st is not None      # kept: what a getattr reads back
+            real = os.lstat(ov.paths["lowers"][0 if path == "d/f" else 1] / path)
+            again = ov.tree.lookup(node.parent, node.name)
+            assert again is not None and again[0] is node
+            for st in (ov.tree.stat(node), again[1]):
+                for field in ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size",
+                              "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_blksize",
+                              "st_blocks", "st_rdev"):
+                    assert getattr(st, field) == getattr(real, field), (path, field)
+                assert st.st_mtime == int(real.st_mtime)
+
+
+def test_names_that_are_not_utf8_are_listed_and_found(tmp_path: Path) -> None:
+    with core(tmp_path, [{"d/a": "file:a"}], read_only=True) as ov:
+        name = b"caf\xe9-\xff"
+        with open(os.path.join(os.fsencode(ov.paths["lowers"][0]), b"d", name), "wb") as f:
+            f.write(b"latin-1")
+        d = ov.node("d")
+        assert sorted(ov.tree.list_names(d)) == [b"a", name]
+        found = ov.tree.lookup(d, name)
+        assert found is not None and found[1].st_size == 7
