@@ -620,7 +620,8 @@ def document(results: dict[str, Any], png: str | None) -> str:
         parts += ["", notes.read_text().rstrip()]
     parts += ["", "## Running it", "",
               "```sh",
-              "scripts/bench            # full run, 10-15 min; rewrites this page",
+              "scripts/bench            # full run, 15-20 min; rewrites this page",
+              "scripts/bench --no-chown # 6 min less: no chown runs (they need 2.4 GiB free)",
               "scripts/bench --quick    # smaller stack, one round: a smoke test (< 1 min)",
               "scripts/bench --help     # phases, implementations, rounds, where the layers live",
               "```", "",

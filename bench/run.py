@@ -278,8 +278,9 @@ class Bench:
                         impls.unmount(m)
                     for metric, value in values.items():
                         self.record(variant.metric(metric), variant.impl, value)
-                    self.results["samples"].setdefault(variant.metric(chown.UPPER[name].name), {}) \
-                        .setdefault(variant.impl, []).append(upper)
+                    upper_metric = variant.metric(chown.UPPER[name].name)
+                    self.results["samples"].setdefault(upper_metric, {}).setdefault(
+                        variant.impl, []).append(upper)
 
     def run_concurrency(self, stack: Stack, rounds: int) -> None:
         for r in range(rounds):
@@ -482,7 +483,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-workloads", action="store_true", help="skip the real workloads")
     p.add_argument("--no-chown", action="store_true",
                    help="skip chown -R of a lower tree and chown of a 1 GiB lower file, with "
-                   "and without metacopy (needs about 2.3 GiB free under --dir)")
+                   "and without metacopy (they need 2.4 GiB free under --dir)")
     p.add_argument("--no-concurrency", action="store_true",
                    help="skip the concurrent clients")
     p.add_argument("--no-podman", action="store_true", help="skip the rootless podman runs")
