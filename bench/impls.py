@@ -86,8 +86,9 @@ class Mounted:
         return {"rss_mb": rss, "fds": fds}
 
 
-def _options(lowers: list[Path], upper: Path, work: Path) -> str:
-    return f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
+def _options(lowers: list[Path], upper: Path, work: Path, extra: tuple[str, ...]) -> str:
+    return ",".join((f"lowerdir={':'.join(map(str, lowers))}", f"upperdir={upper}",
+                     f"workdir={work}", *extra))
 
 
 def _cmdline(pid: str) -> list[bytes]:
@@ -121,8 +122,10 @@ def find_daemon(mnt: Path, timeout: float = 5.0) -> int:
         time.sleep(0.05)
 
 
-def mount_command(impl: str, lowers: list[Path], upper: Path, work: Path, mnt: Path) -> list[str]:
-    options = _options(lowers, upper, work)
+def mount_command(impl: str, lowers: list[Path], upper: Path, work: Path, mnt: Path,
+                  extra: tuple[str, ...] = ()) -> list[str]:
+    """The mount command, with `extra` mount options after the layers (e.g. metacopy=on)."""
+    options = _options(lowers, upper, work, extra)
     if impl == KERNEL:
         return ["mount", "-t", "overlay", "overlay", "-o", options, str(mnt)]
     binary = overlayfuse_binary() if impl == OVERLAYFUSE else "fuse-overlayfs"
@@ -150,13 +153,15 @@ def mount_floor(lists: list[Path], scratch: Path, serial: int) -> Mounted:
                    answered - start, answered - start)
 
 
-def mount(impl: str, lowers: list[Path], scratch: Path, serial: int) -> Mounted:
-    """Mount `impl` on a fresh mountpoint with a fresh upper and work dir under `scratch`."""
+def mount(impl: str, lowers: list[Path], scratch: Path, serial: int,
+          extra: tuple[str, ...] = ()) -> Mounted:
+    """Mount `impl` on a fresh mountpoint with a fresh upper and work dir under `scratch`,
+    with `extra` mount options."""
     where = scratch / f"{impl}-{serial}"
     upper, work, mnt = where / "upper", where / "work", where / "mnt"
     for d in (upper, work, mnt):
         d.mkdir(parents=True)
-    command = mount_command(impl, lowers, upper, work, mnt)
+    command = mount_command(impl, lowers, upper, work, mnt, extra)
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, stdin=subprocess.DEVNULL)
     returned = time.perf_counter()

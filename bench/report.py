@@ -8,6 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .chown import COMMANDS as CHOWN_COMMANDS
+from .chown import UPPER as CHOWN_UPPER
 from .concurrency import CLIENTS, CONCURRENCY_METRICS
 from .concurrency import OPS as CONCURRENT_OPS
 from .concurrency import metric_name as concurrency_metric
@@ -186,6 +188,31 @@ def podman_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = [[metric.title, *[_num(med[name].get(i)) for i in ALL],
              _ratio(ratio(results, name, FUSE_OVERLAYFS)), _ratio(ratio(results, name, KERNEL))]
             for name, metric in PODMAN_METRICS.items() if name in med]
+    return head, rows
+
+
+def chown_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Each command's median time, and the upper dir's size after it, per implementation
+    with and without metacopy (`_metacopy` metrics); fuse-overlayfs has none."""
+    med = medians(results)
+    head = ["command", "overlayfuse", "overlayfuse metacopy", "kernel", "kernel metacopy",
+            "fuse-overlayfs", "overlayfuse / fuse-overlayfs", "overlayfuse / kernel",
+            "overlayfuse metacopy / kernel metacopy", "overlayfuse metacopy / overlayfuse",
+            "kernel metacopy / kernel"]
+    rows = []
+    for metric in (*CHOWN_COMMANDS.values(), *CHOWN_UPPER.values()):
+        name, timed = metric.name, metric.unit == "s"
+        if name not in med and name + "_metacopy" not in med:
+            continue
+        plain, meta = med.get(name, {}), med.get(name + "_metacopy", {})
+        ours, kernel = plain.get(OVERLAYFUSE), plain.get(KERNEL)
+        ours_meta, kernel_meta = meta.get(OVERLAYFUSE), meta.get(KERNEL)
+        ratios = [_over(ours, plain.get(FUSE_OVERLAYFS)), _over(ours, kernel),
+                  _over(ours_meta, kernel_meta), _over(ours_meta, ours),
+                  _over(kernel_meta, kernel)]
+        values = (ours, ours_meta, kernel, kernel_meta, plain.get(FUSE_OVERLAYFS))
+        rows.append([f"{metric.title} ({metric.unit})", *[_num(v) for v in values],
+                     *[_ratio(v) if timed else "" for v in ratios]])
     return head, rows
 
 
@@ -393,6 +420,28 @@ def _podman_part(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _chown_part(results: dict[str, Any]) -> list[str]:
+    head, rows = chown_table(results)
+    if not rows:
+        return []
+    spec = results["config"].get("chown", {})
+    return [
+        "### chown, with and without metacopy",
+        "",
+        f"One lower layer with a tree of {spec.get('files', 0):,} small files (512 B – 4 KiB) "
+        f"and a {spec.get('big_mib', 0):,} MiB file of real data (no holes); each command on a "
+        "fresh mount, caches dropped first (bench/chown.py): `chown -R 1234:1234 tree`, and "
+        "`chown 1234:1234` of the big file followed, after another drop of the caches, by a "
+        "`sha256sum` of it (checked). *metacopy* is the mount option `metacopy=on`, which "
+        "copies up the metadata only; fuse-overlayfs has no such option and always copies "
+        "the data. The upper dir's size is its allocated blocks after the command. Medians "
+        "over the rounds.",
+        "",
+        markdown(head, rows),
+        "",
+    ]
+
+
 def _floor_part(results: dict[str, Any]) -> list[str]:
     head, rows = floor_table(results)
     if not rows:
@@ -539,6 +588,7 @@ def document(results: dict[str, Any], png: str | None) -> str:
         "",
         *workloads_part,
         *_podman_part(results),
+        *_chown_part(results),
         *_floor_part(results),
         *_concurrency_part(results),
         "### Daemon memory and fds",
@@ -570,7 +620,8 @@ def document(results: dict[str, Any], png: str | None) -> str:
         parts += ["", notes.read_text().rstrip()]
     parts += ["", "## Running it", "",
               "```sh",
-              "scripts/bench            # full run, 10-15 min; rewrites this page",
+              "scripts/bench            # full run, 15-20 min; rewrites this page",
+              "scripts/bench --no-chown # 6 min less: no chown runs (they need 2.4 GiB free)",
               "scripts/bench --quick    # smaller stack, one round: a smoke test (< 1 min)",
               "scripts/bench --help     # phases, implementations, rounds, where the layers live",
               "```", "",
@@ -591,7 +642,7 @@ def render(results: dict[str, Any], out: Path, docs: Path | None) -> None:
         print(text_table(*workloads_table(results)))
     print()
     print(text_table(*targets_table(results)))
-    for table in (podman_table, floor_table, concurrency_table):
+    for table in (podman_table, chown_table, floor_table, concurrency_table):
         head, rows = table(results)
         if rows:
             print()

@@ -25,7 +25,7 @@ from typing import Any
 
 from overlayfuse import mounts
 
-from . import concurrency, impls, podman, report, workloads
+from . import chown, concurrency, impls, podman, report, workloads
 from .phases import PHASES, REPEAT_WALKS, Phase, Step
 from .stacks import MainSpec, ScaleSpec, Stack, build_main, build_scale
 
@@ -35,6 +35,7 @@ DEFAULT_DIR = Path("/var/tmp/overlayfuse-bench")
 FULL = {
     "main": MainSpec(),
     "workloads": workloads.WorkloadSpec(),
+    "chown": chown.ChownSpec(),
     "rounds": 3,
     "scale_layers": (1, 8, 32, 64),
     "scale_files": (10_000, 100_000),
@@ -48,6 +49,7 @@ QUICK = {
     "main": MainSpec(dirs=20, files=25, big_mib=16, missing_per_dir=10, copyup=100, unlink=100,
                      create=300, create_dirs=3),
     "workloads": workloads.QUICK,
+    "chown": chown.QUICK,
     "rounds": 1,
     "scale_layers": (1, 4),
     "scale_files": (1_000, 4_000),
@@ -119,15 +121,16 @@ class Bench:
         shift %= len(chosen)
         return chosen[shift:] + chosen[:shift]
 
-    def mount(self, impl: str, stack: Stack | Path) -> impls.Mounted:
-        """A fresh mount of a stack, or of one lower layer; the floor shows a stack's names."""
+    def mount(self, impl: str, stack: Stack | Path, extra: tuple[str, ...] = ()) -> impls.Mounted:
+        """A fresh mount of a stack, or of one lower layer, with `extra` mount options; the
+        floor shows a stack's names."""
         self.serial += 1
         if impl == impls.FLOOR:
             assert isinstance(stack, Stack)
             return impls.mount_floor([stack.lists["files"], stack.lists["big"]], self.scratch,
                                      self.serial)
         lowers = [stack] if isinstance(stack, Path) else stack.lowers
-        return impls.mount(impl, lowers, self.scratch, self.serial)
+        return impls.mount(impl, lowers, self.scratch, self.serial, extra)
 
     # ---- checks ----------------------------------------------------------------------------
 
@@ -247,6 +250,38 @@ class Bench:
                     for metric, value in values.items():
                         self.record(metric, impl, value)
 
+    def run_chown(self, layer: chown.Layer, rounds: int) -> None:
+        chosen = chown.variants(self.args.impls)
+        for r in range(rounds):
+            for ci, (name, timed) in enumerate(chown.COMMAND_RUNS):
+                shift = (r + ci) % len(chosen)
+                for variant in chosen[shift:] + chosen[:shift]:
+                    what = variant.metric(name)
+                    self.sample_load()
+                    try:
+                        m = self.mount(variant.impl, layer.lower, variant.options)
+                    except Exception as e:  # noqa: BLE001
+                        self.problem(variant.impl, f"mount for {what}", str(e))
+                        continue
+                    try:
+                        self.drop_caches()
+                        values = timed(layer, m.mnt, self.drop_caches)
+                        upper = chown.allocated_mib(m.upper)
+                    except subprocess.CalledProcessError as e:
+                        self.problem(variant.impl, what, f"{e.cmd}: exit {e.returncode}: "
+                                     f"{(e.stderr or b'').decode(errors='replace')[-500:]}")
+                        continue
+                    except chown.WrongResult as e:
+                        self.problem(variant.impl, what, str(e))
+                        continue
+                    finally:
+                        impls.unmount(m)
+                    for metric, value in values.items():
+                        self.record(variant.metric(metric), variant.impl, value)
+                    upper_metric = variant.metric(chown.UPPER[name].name)
+                    self.results["samples"].setdefault(upper_metric, {}).setdefault(
+                        variant.impl, []).append(upper)
+
     def run_concurrency(self, stack: Stack, rounds: int) -> None:
         for r in range(rounds):
             for oi, (op, names, _) in enumerate(concurrency.OPS):
@@ -333,6 +368,7 @@ class Bench:
             "conc_rounds": cfg["conc_rounds"], "floor": not self.args.no_floor,
             "scale_rounds_large": cfg["scale_rounds_large"],
             "main": asdict(cfg["main"]), "workloads": asdict(cfg["workloads"]),
+            "chown": asdict(cfg["chown"]),
             "podman": asdict(cfg["podman"]),
             "scale": [asdict(s) for s in scale_specs] if scale_stacks else [],
             "impls": self.args.impls, "dir": str(self.base),
@@ -368,6 +404,17 @@ class Bench:
             self.log("real workloads: mount latency, tar, git, make, python imports")
             layers = workloads.build(self.base, cfg["workloads"])
             self.run_workloads(layers, cfg["workloads"], cfg["rounds"])
+            self.checkpoint()
+        if not self.args.no_chown and (not self.args.phases or "chown" in self.args.phases):
+            spec = cfg["chown"]
+            free, needed = shutil.disk_usage(self.base).free, chown.space_needed(spec)
+            if free < needed:
+                self.problem("-", "chown", f"{free >> 20} MiB free in {self.base}, "
+                             f"{needed >> 20} MiB needed: skipped")
+            else:
+                self.log(f"chown: -R of {spec.files:,} files and of a {spec.big_mib} MiB file, "
+                         "with and without metacopy")
+                self.run_chown(chown.build(self.base, spec), cfg["rounds"])
             self.checkpoint()
         if not self.args.phases or "repeat_walks" in self.args.phases:
             self.log(f"daemon memory over {REPEAT_WALKS} cold walks of one mount")
@@ -434,13 +481,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale-files", type=int, nargs="+", metavar="N",
                    help="the sizes of the scaling stacks (default 10000 100000)")
     p.add_argument("--no-workloads", action="store_true", help="skip the real workloads")
+    p.add_argument("--no-chown", action="store_true",
+                   help="skip chown -R of a lower tree and chown of a 1 GiB lower file, with "
+                   "and without metacopy (they need 2.4 GiB free under --dir)")
     p.add_argument("--no-concurrency", action="store_true",
                    help="skip the concurrent clients")
     p.add_argument("--no-podman", action="store_true", help="skip the rootless podman runs")
     p.add_argument("--no-floor", action="store_true",
                    help="do not time the metadata phases on the minimal pyfuse3 filesystem")
     names = [phase.name for phase in PHASES] + ["repeat_walks", "concurrency", "workloads",
-                                                "podman"]
+                                                "podman", "chown"]
     p.add_argument("--phase", dest="phases", action="append", metavar="NAME", choices=names,
                    help="run only this phase (repeatable): " + ", ".join(names))
     p.add_argument("--impl", dest="impls", action="append", choices=impls.ALL,

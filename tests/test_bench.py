@@ -1,6 +1,7 @@
 """A smoke test of the benchmark code itself (bench/), at a small scale: each implementation,
-and the floor, gives a result for a metadata phase and for every number of concurrent
-clients. Nothing here looks at a time: benchmarks are never asserts."""
+and the floor, gives a result for a metadata phase, for every number of concurrent clients
+and for the chown commands (with metacopy=on where the implementation has it). Nothing here
+looks at a time: benchmarks are never asserts."""
 
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0,
 def test_quick_bench_gives_a_result_per_implementation(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO))
     try:
-        from bench import concurrency, impls
+        from bench import chown, concurrency, impls
     finally:
         sys.path.remove(str(REPO))
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--no-scaling",
-                           "--phase", "stat_cold", "--phase", "concurrency",
+                           "--phase", "stat_cold", "--phase", "concurrency", "--phase", "chown",
                            "--dir", str(tmp_path / "layers"), "--out", str(out), "--no-docs"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -41,6 +42,15 @@ def test_quick_bench_gives_a_result_per_implementation(tmp_path: Path) -> None:
             per_impl = results["samples"][concurrency.metric_name(op, clients)]
             assert sorted(per_impl) == sorted(available)
             assert all(value > 0 for values in per_impl.values() for value in values)
-    assert "overlayfuse / floor" in (out / "report.md").read_text()
+    with_metacopy = [impl for impl in available if impl != impls.FUSE_OVERLAYFS]
+    for metric in (*chown.COMMANDS, *(m.name for m in chown.UPPER.values())):
+        assert sorted(results["samples"][metric]) == sorted(available)
+        assert sorted(results["samples"][metric + "_metacopy"]) == sorted(with_metacopy)
+    for impl in with_metacopy:     # a metadata-only copy-up writes none of the file's data
+        copied = results["samples"]["upper_big_mib"][impl][0]
+        assert results["samples"]["upper_big_mib_metacopy"][impl][0] < copied / 10
+    report = (out / "report.md").read_text()
+    assert "overlayfuse / floor" in report
+    assert "overlayfuse metacopy / overlayfuse" in report
     run_dir = tmp_path / "layers" / "run"
     assert not any(mounts.is_mounted(d / "mnt") for d in run_dir.iterdir())
