@@ -101,7 +101,12 @@ class Operations(pyfuse3.Operations):
             self.namespace = Namespace(tree, self.copy_up)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirHandle] = {}
-        self.dir_versions = DirVersions(tree.table)
+        # Without OPENDIR the kernel keeps every listing cached: only where no listing ever
+        # has to reach the daemon to move the upper dir's atime.
+        atime = tree.stack.atime
+        self.enable_no_opendir = capabilities.NO_OPENDIR and not (
+            tree.writable and atime.touches_dirs and atime.by_mount)
+        self.dir_versions = DirVersions(tree.table, keep_ended=self.enable_no_opendir)
         self._next_fh = 1
         self._reported: set[tuple[str, str]] = set()
 
@@ -253,7 +258,7 @@ class Operations(pyfuse3.Operations):
         moves = self._listing_moves_atime(node)
         cached = not (moves and self.tree.stack.atime.strictatime)
         if cached:
-            self.dir_versions.opened_cached(node)
+            self.dir_versions.may_cache(node)
         return pyfuse3.FileInfo(fh=fh, keep_cache=not moves, cache_readdir=cached)
 
     def _listing_moves_atime(self, node: Node) -> bool:
@@ -271,13 +276,18 @@ class Operations(pyfuse3.Operations):
 
     @_edge
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        handle = self._dirs[fh]
-        node = handle.node
-        if start_id == 0 or handle.snapshot is None:
-            # A snapshot per version keeps offsets stable while the directory changes: no
-            # stable entry is skipped or repeated, and the kernel's cache stays one listing.
-            handle.snapshot = self.dir_versions.current(node, self.tree.list_names)
-        snapshot = handle.snapshot
+        # A snapshot per version keeps offsets stable while the directory changes: no stable
+        # entry is skipped or repeated, and the kernel's cache stays one listing.
+        if self.enable_no_opendir:
+            node = self._node(fh)      # no handles: the offset says which version is read
+            snapshot = self.dir_versions.at(node, start_id, self.tree.list_names)
+            self.dir_versions.may_cache(node)
+        else:
+            handle = self._dirs[fh]
+            node = handle.node
+            if start_id == 0 or handle.snapshot is None:
+                handle.snapshot = self.dir_versions.current(node, self.tree.list_names)
+            snapshot = handle.snapshot
         names = snapshot.names
         upper_names = self.tree.upper_names(node)
         for index in range(snapshot.index_at(start_id), len(names)):
@@ -311,7 +321,7 @@ class Operations(pyfuse3.Operations):
 
     @_edge
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        node = self._dirs[fh].node
+        node = self._node(fh) if self.enable_no_opendir else self._dirs[fh].node
         if self.tree.stack.volatile or not node.in_upper:
             return      # nothing of it was written by us
         fd = open_readable_dir(self.tree.dir_fd(node, node.top_layer))

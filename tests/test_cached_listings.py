@@ -67,17 +67,23 @@ def _readdirs(log: Path) -> int:
 
 @pytest.mark.skipif(not capabilities.CACHED_LISTINGS,
                     reason="stock pyfuse3: opendir cannot ask the kernel to cache listings")
+@pytest.mark.parametrize("option", ["relatime", "noatime"])
 def test_a_warm_listing_reaches_the_daemon_only_after_a_change(make_stack, mount_ofs,
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path, option) -> None:
+    """Under noatime (no listing moves an atime) with a pyfuse3 that can do without OPENDIR,
+    a warm listing costs no request at all."""
     stack = make_stack(LOWERS, UPPER)
     log = tmp_path / "overlayfuse.log"
-    with mount_ofs(stack, debug=True):
+    with mount_ofs(stack, debug=True, options=(option,)):
         d = stack["merged"] / "d"
         first = sorted(os.listdir(d))
         cold = _readdirs(log)
         assert cold > 0
+        opens = log.read_text().count("opendir(")
         assert sorted(os.listdir(d)) == first
         assert _readdirs(log) == cold
+        no_opendir = option == "noatime" and capabilities.NO_OPENDIR
+        assert (log.read_text().count("opendir(") == opens) == no_opendir
         (d / "new").write_bytes(b"")
         assert sorted(os.listdir(d)) == sorted([*first, "new"])
         assert _readdirs(log) > cold
