@@ -146,3 +146,17 @@ def test_a_listing_read_across_a_change_shows_each_name_once(make_stack, mount_o
             finally:
                 os.close(first)
         assert sorted(name for name in seen if name != "new") == sorted(everything), kind
+
+
+@pytest.mark.parametrize("option", ["relatime", "noatime"])
+def test_fsync_of_an_open_dir_succeeds(make_stack, mount_ofs, option) -> None:
+    """Also where dirs are opened without OPENDIR (noatime): FSYNCDIR then names the dir by
+    its inode, not by a handle."""
+    stack = make_stack(LOWERS, UPPER)
+    with mount_ofs(stack, options=(option,)):
+        for rel in ("u", "d", "e"):     # upper only, merged, lower only
+            fd = os.open(stack["merged"] / rel, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
