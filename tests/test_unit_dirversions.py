@@ -50,7 +50,7 @@ def test_a_change_drops_the_kernels_cache_only_where_it_may_hold_one() -> None:
     table, node = _table_with_dir()
     versions = DirVersions(table)
     assert not versions.changed(node)           # never opened with caching
-    versions.opened_cached(node)
+    versions.may_cache(node)
     node.open_files = 1                          # that handle may fill the cache again
     assert versions.changed(node)
     assert versions.changed(node)
@@ -63,7 +63,7 @@ def test_a_dropped_node_takes_its_snapshot_with_it() -> None:
     table, node = _table_with_dir()
     versions = DirVersions(table)
     first = versions.current(node, lambda n: [b"a"])
-    versions.opened_cached(node)
+    versions.may_cache(node)
     table.forget(node.ino, 1)
     assert table.by_ino.get(node.ino) is None
     assert not versions.changed(node)
