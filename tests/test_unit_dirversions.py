@@ -68,3 +68,21 @@ def test_a_dropped_node_takes_its_snapshot_with_it() -> None:
     assert table.by_ino.get(node.ino) is None
     assert not versions.changed(node)
     assert versions.current(node, lambda n: [b"a"]) is not first
+
+
+def test_without_handles_the_offset_names_the_version_read(monkeypatch) -> None:
+    table, node = _table_with_dir()
+    versions = DirVersions(table, keep_ended=True)
+    first = versions.at(node, 0, lambda n: [b"a", b"b"])
+    versions.changed(node)
+    second = versions.at(node, 0, lambda n: [b"new", b"a", b"b"])
+    assert second is not first
+    assert versions.at(node, first.offset_after(2), lambda n: []) is first
+    assert versions.at(node, second.offset_after(2), lambda n: []) is second
+    # Ended versions are kept up to a number of names; past it the oldest goes first, and a
+    # reader of a dropped version goes on in the current one.
+    monkeypatch.setattr("overlayfuse.dirversions.ENDED_NAMES_KEPT", 6)
+    versions.changed(node)
+    third = versions.at(node, 0, lambda n: [b"c"])
+    assert versions.at(node, second.offset_after(2), lambda n: []) is second
+    assert versions.at(node, first.offset_after(2), lambda n: []) is third
