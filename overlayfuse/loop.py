@@ -31,12 +31,12 @@ def serve(stack: Stack, options: MountOptions, fuse: FuseMount) -> None:
     session_options = fuse_options(options, stack) & SESSION_OPTIONS
     pyfuse3.init(ops, f"/dev/fd/{os.dup(fuse.fd)}", session_options)
     try:
-        trio.run(_main_loop)
+        trio.run(_main_loop, ops)
     finally:
         pyfuse3.close(unmount=False)
 
 
-async def _main_loop() -> None:
+async def _main_loop(ops: Operations) -> None:
     async with trio.open_nursery() as nursery:
         async def watch_signals() -> None:
             with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -53,3 +53,5 @@ async def _main_loop() -> None:
 
         nursery.start_soon(watch_signals)
         nursery.start_soon(run_fuse)
+        if ops.listing_expiry is not None:
+            nursery.start_soon(ops.listing_expiry.run)

@@ -25,9 +25,10 @@ from .idmap import OVERFLOW_ID, IdMap
 from .inodes import Node
 from .killpriv import bits_to_clear, clear_setid
 from .layers import Layer
+from .listingexpiry import ListingExpiry
 from .namespace import Caller, Namespace
-from .syscalls import (OwnedFd, fallocate, open_in, open_noatime, open_path, open_readable_dir,
-                       proc_path)
+from .syscalls import (RENAME_EXCHANGE, OwnedFd, fallocate, open_in, open_noatime, open_path,
+                       open_readable_dir, proc_path)
 from .tree import Tree
 from .xattrs import XattrNames, get_attr, list_attrs, remove_attr, set_attr
 
@@ -58,6 +59,10 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as e:  # noqa: BLE001 - the daemon must survive any bug
             self.report_bug(name, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            # Before the reply: the caller's next listing must not come from the cache.
+            if self.listing_expiry is not None and self.listing_expiry.busy:
+                await self.listing_expiry.drop_pending()
 
     return handler
 
@@ -97,16 +102,21 @@ class Operations(pyfuse3.Operations):
         self.copy_up: CopyUp | None = None
         self.namespace: Namespace | None = None
         if tree.writable:
-            self.copy_up = CopyUp(tree, self.xattr_names, _invalidate_attrs)
+            self.copy_up = CopyUp(tree, self.xattr_names, self._copied_up)
             self.namespace = Namespace(tree, self.copy_up)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirHandle] = {}
-        # Without OPENDIR the kernel keeps every listing cached: only where no listing ever
-        # has to reach the daemon to move the upper dir's atime.
+        # Without OPENDIR the kernel keeps every listing cached, so where a listing may move
+        # the upper dir's atime (relatime) the daemon drops a cached listing when the next
+        # one is due (listingexpiry.py). Under strictatime every listing is due: OPENDIR stays.
         atime = tree.stack.atime
+        listings_move_atimes = tree.writable and atime.touches_dirs and atime.by_mount
         self.enable_no_opendir = capabilities.NO_OPENDIR and not (
-            tree.writable and atime.touches_dirs and atime.by_mount)
+            listings_move_atimes and atime.strictatime)
         self.dir_versions = DirVersions(tree.table, keep_ended=self.enable_no_opendir)
+        self.listing_expiry: ListingExpiry | None = None
+        if self.enable_no_opendir and listings_move_atimes:
+            self.listing_expiry = ListingExpiry(tree.table, atime, _invalidate_data)
         self._next_fh = 1
         self._reported: set[tuple[str, str]] = set()
 
@@ -133,6 +143,15 @@ class Operations(pyfuse3.Operations):
 
     def _node(self, ino: int) -> Node:
         return self.tree.table.get(ino)
+
+    def _copied_up(self, node: Node) -> None:
+        """A copy-up changed `node`'s attributes (of a dir: its upper ctime)."""
+        _invalidate_attrs(node)
+        self._upper_dir_touched(node)
+
+    def _upper_dir_touched(self, node: Node) -> None:
+        if node.is_dir and self.listing_expiry is not None:
+            self.listing_expiry.touched(node)
 
     def _entry(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
@@ -290,7 +309,9 @@ class Operations(pyfuse3.Operations):
             snapshot = handle.snapshot
         names = snapshot.names
         upper_names = self.tree.upper_names(node)
-        for index in range(snapshot.index_at(start_id), len(names)):
+        start = snapshot.index_at(start_id)
+        skipped = 0
+        for index in range(start, len(names)):
             name = names[index]
             if index < 2:
                 target = node if index == 0 else (node.parent or self.tree.root)
@@ -307,12 +328,22 @@ class Operations(pyfuse3.Operations):
                     return
                 continue
             if found is None:
+                skipped += 1
                 continue
             child, st = found
             if not pyfuse3.readdir_reply(token, name, self._entry(child, st),
                                          snapshot.offset_after(index)):
                 return
             self.tree.table.looked_up(child)
+        if skipped >= len(names) - start and self.listing_expiry is not None:
+            # An empty answer: the kernel now holds the listing complete.
+            await self._listing_completed(node)
+
+    async def _listing_completed(self, node: Node) -> None:
+        assert self.listing_expiry is not None
+        upper_st = os.stat(self.tree.dir_fd(node, node.top_layer)) if node.in_upper else None
+        if self.listing_expiry.completed(node, upper_st):
+            await self.listing_expiry.drop_now(node)
 
     @_edge
     async def releasedir(self, fh: int) -> None:
@@ -471,6 +502,7 @@ class Operations(pyfuse3.Operations):
         # The kernel copies up first, then lets the upper filesystem apply the flags.
         await copy_up.ensure_upper(node)
         set_attr(*self.tree.xattr_target(node), self.xattr_names.to_real(name), value, flags)
+        self._upper_dir_touched(node)
 
     @_edge
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -481,6 +513,7 @@ class Operations(pyfuse3.Operations):
         get_attr(*self.tree.xattr_target(node), real)
         await copy_up.ensure_upper(node)
         remove_attr(*self.tree.xattr_target(node), real)
+        self._upper_dir_touched(node)
 
     # ---- attributes ----------------------------------------------------------------------
 
@@ -496,6 +529,8 @@ class Operations(pyfuse3.Operations):
             return self._entry(node, self.tree.stat(node))
         copy_up, _ = self._writer()
         await copy_up.ensure_upper(node)
+        # The kernel holds the dir locked: no listing of it completes before the reply.
+        self._upper_dir_touched(node)
         if fields.update_size:
             self._truncate(node, attr.st_size, fh)
         if _kill_suidgid(ctx) and not fields.update_mode:
@@ -599,6 +634,14 @@ class Operations(pyfuse3.Operations):
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
         await namespace.rename(old_parent, name_old, new_parent, name_new, flags)
         self._listings_changed(*{old_parent, new_parent})
+        if self.listing_expiry is not None:
+            # A dir moved has a new upper ctime (so has one exchanged).
+            moved = [(new_parent, name_new)]
+            if flags & RENAME_EXCHANGE:
+                moved.append((old_parent, name_old))
+            for parent, name in moved:
+                if (found := self.tree.lookup(parent, name)) is not None:
+                    self._upper_dir_touched(found[0])
 
 
 def _invalidate_attrs(node: Node) -> None:
