@@ -43,6 +43,8 @@ class ListingExpiry:
         self._order = itertools.count()
         self._pending: set[Node] = set()
         self._dropping = trio.Lock()
+        # Whether drops wait (or run) that must be done before a reply: read by every request.
+        self.busy = False
         self._sleep: trio.CancelScope | None = None    # the timer's, while it sleeps
         self._wake_at = 0                                # and when it wakes then (ns)
         forget = table.on_drop
@@ -64,6 +66,11 @@ class ListingExpiry:
             return True
         self._cached[node] = due
         if due is not None:
+            if len(self._deadlines) > 2 * len(self._cached) + 1024:
+                # Mostly stale (listed again since, or forgotten): keep the live ones.
+                self._deadlines = [entry for entry in self._deadlines
+                                   if self._cached.get(entry[2]) == entry[0]]
+                heapq.heapify(self._deadlines)
             heapq.heappush(self._deadlines, (due, next(self._order), node))
             if self._sleep is not None and due < self._wake_at:
                 self._sleep.cancel()    # the timer sleeps past this one
@@ -74,17 +81,14 @@ class ListingExpiry:
         if node in self._cached:
             del self._cached[node]
             self._pending.add(node)
-
-    @property
-    def busy(self) -> bool:
-        """Whether drops wait (or run) that must be done before a reply."""
-        return bool(self._pending) or self._dropping.locked()
+            self.busy = True
 
     async def drop_pending(self) -> None:
         """Drop what `touched` left, and wait for drops that other requests started."""
         async with self._dropping:
             while self._pending:
                 await self.drop_now(self._pending.pop())
+            self.busy = False
 
     async def drop_now(self, node: Node) -> None:
         await trio.to_thread.run_sync(self._drop, node.ino)

@@ -640,7 +640,11 @@ class Operations(pyfuse3.Operations):
             if flags & RENAME_EXCHANGE:
                 moved.append((old_parent, name_old))
             for parent, name in moved:
-                if (found := self.tree.lookup(parent, name)) is not None:
+                try:
+                    found = self.tree.lookup(parent, name)
+                except OSError:
+                    continue    # renamed all the same: the reply must say so
+                if found is not None:
                     self._upper_dir_touched(found[0])
 
 

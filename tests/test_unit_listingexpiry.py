@@ -123,3 +123,13 @@ async def test_a_forgotten_dir_is_forgotten_here_too(autojump_clock) -> None:
     table.forget(node.ino, 1)
     expiry.touched(node)
     assert not expiry.busy and expiry.next_deadline() is None
+
+
+async def test_deadlines_of_listings_completed_again_do_not_pile_up() -> None:
+    table, (node,) = _table_with_dirs(1)
+    expiry = listingexpiry.ListingExpiry(table, AtimePolicy(), lambda ino: None)
+    now = _now()
+    for n in range(5000):
+        assert not expiry.completed(node, _stat(now + n, now - S, now - S))
+    assert len(expiry._deadlines) <= 1024 + 3
+    assert expiry.next_deadline() == now + 4999 + RELATIME_MAX_AGE_NS
