@@ -23,9 +23,12 @@ log = logging.getLogger("overlayfuse")
 
 def serve(stack: Stack, options: MountOptions, fuse: FuseMount) -> None:
     """Serve until the mount goes away or a stop signal arrives."""
+    # fusermount3's auto_unmount tells a dead daemon by an open of the mount dir failing
+    # with ENOTCONN: an open that sends no OPENDIR never fails.
     ops = Operations(Tree(stack), timeout=options.timeout, debug=options.debug,
                      uids=IdMap(options.uidmapping, options.squash_to_uid),
-                     gids=IdMap(options.gidmapping, options.squash_to_gid))
+                     gids=IdMap(options.gidmapping, options.squash_to_gid),
+                     no_opendir="auto_unmount" not in options.fuse_options)
     # libfuse takes a connection that is already mounted as the mountpoint /dev/fd/N. It
     # gets its own fd (it closes it); ours stays for the unmount.
     session_options = fuse_options(options, stack) & SESSION_OPTIONS

@@ -91,7 +91,8 @@ class Operations(pyfuse3.Operations):
     enable_dont_mask = True          # likewise: the umask comes in ctx, to apply unless an ACL
 
     def __init__(self, tree: Tree, timeout: float = 3600.0, debug: bool = False,
-                 uids: IdMap | None = None, gids: IdMap | None = None) -> None:
+                 uids: IdMap | None = None, gids: IdMap | None = None,
+                 no_opendir: bool = True) -> None:
         super().__init__()
         self.tree = tree
         self.uids = uids or IdMap()
@@ -109,9 +110,10 @@ class Operations(pyfuse3.Operations):
         # Without OPENDIR the kernel keeps every listing cached, so where a listing may move
         # the upper dir's atime (relatime) the daemon drops a cached listing when the next
         # one is due (listingexpiry.py). Under strictatime every listing is due: OPENDIR stays.
+        # `no_opendir` False keeps it too (see loop.serve).
         atime = tree.stack.atime
         listings_move_atimes = tree.writable and atime.touches_dirs and atime.by_mount
-        self.enable_no_opendir = capabilities.NO_OPENDIR and not (
+        self.enable_no_opendir = no_opendir and capabilities.NO_OPENDIR and not (
             listings_move_atimes and atime.strictatime)
         self.dir_versions = DirVersions(tree.table, keep_ended=self.enable_no_opendir)
         self.listing_expiry: ListingExpiry | None = None
