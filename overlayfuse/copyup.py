@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 import trio
 
-from .inodes import Node, UpperDirState
-from .syscalls import (RENAME_NOREPLACE, OwnedFd, open_in, open_noatime, proc_path,
-                       renameat2)
+from . import metacopy
+from .inodes import LowerData, Node, UpperDirState
+from .syscalls import (RENAME_NOREPLACE, OwnedFd, open_in, open_noatime, open_path,
+                       proc_path, renameat2)
 from .tree import Tree
 from .xattrs import XattrNames
 
@@ -122,12 +123,18 @@ def _keep_owner(chown: Callable[..., None], target: int | bytes, st: os.stat_res
 
 
 def _stage_regular(src: int, dst: int, st: os.stat_result, names: XattrNames, sync: bool,
-                   with_data: bool) -> None:
-    """Runs in a worker thread: everything that may take long."""
-    if with_data:
-        copy_file_data(src, dst, st.st_size)
+                   data: int | None, metacopy_prefix: bytes | None) -> None:
+    """Runs in a worker thread: everything that may take long. `src` gives the metadata,
+    `data` (an fd) the data, if any; with `metacopy_prefix` the copy is metadata only:
+    the full size, no data, and the marker."""
+    if data is not None:
+        copy_file_data(data, dst, st.st_size)
+    elif metacopy_prefix is not None:
+        os.ftruncate(dst, st.st_size)
     _keep_owner(os.fchown, dst, st)    # first: a chown drops security.capability
     copy_xattrs(names, (src, None), (dst, None))
+    if metacopy_prefix is not None:
+        metacopy.mark(dst, metacopy_prefix)
     os.fchmod(dst, stat.S_IMODE(st.st_mode))
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
     if sync:
@@ -144,6 +151,7 @@ class CopyUp:
         self.attrs_changed = attrs_changed
         self.upper = tree.upper
         self.names = names
+        self.prefix = tree.stack.xattr_prefix
         self.work = WorkDir(tree.stack.work_fd)
 
     def set_metadata(self, name: bytes, st: os.stat_result, xattrs_from: tuple[int, bytes | None]
@@ -213,26 +221,41 @@ class CopyUp:
         return temp
 
     async def ensure_upper(self, node: Node, with_data: bool = True) -> None:
-        """Copy `node` up unless it is in the upper layer already. Without data (for an
-        open with O_TRUNC, as the kernel does) the copy starts empty."""
-        if node.in_upper:
+        """Copy `node` up with its data unless it is in the upper layer already; a
+        metadata-only copy gets its data now. Without data (for an open with O_TRUNC, as
+        the kernel does) the copy starts empty."""
+        await self._ensure(node, metadata_only=False, with_data=with_data)
+
+    async def ensure_upper_metadata(self, node: Node) -> None:
+        """Copy up what a change of `node`'s metadata needs (owner, mode, times, xattrs, a
+        link or a rename): with metacopy=on, a regular file's metadata only."""
+        await self._ensure(node, metadata_only=self.tree.stack.metacopy, with_data=True)
+
+    async def _ensure(self, node: Node, metadata_only: bool, with_data: bool) -> None:
+        def needed() -> bool:
+            return not node.in_upper or (node.lower_data is not None and not metadata_only)
+
+        if not needed():
             return
         if node.is_dir:
             self.directory(node)
             return
         while node.copy_up_done is not None:        # another request is copying it
             await node.copy_up_done.wait()          # type: ignore[attr-defined]
-            if node.in_upper:
-                return
+        if not needed():
+            return
         done = trio.Event()
         node.copy_up_done = done
         try:
-            await self._copy_up_file(node, with_data)
+            if node.in_upper:
+                await self._fill(node, with_data)
+            else:
+                await self._copy_up_file(node, with_data, metadata_only)
         finally:
             node.copy_up_done = None
             done.set()
 
-    async def _copy_up_file(self, node: Node, with_data: bool) -> None:
+    async def _copy_up_file(self, node: Node, with_data: bool, metadata_only: bool) -> None:
         if node.parent is None:
             raise OSError(errno.ENOENT, "file was removed")
         self.directory(node.parent)
@@ -240,12 +263,19 @@ class CopyUp:
         st = os.stat(node.name, dir_fd=src_dir, follow_symlinks=False)
         temp = self.work.temp_name()
         work = self.work.fd
+        lower_data = node.lower_data
         try:
             if stat.S_ISREG(st.st_mode):
+                if metadata_only and lower_data is None:
+                    where = self.tree.lower_path(node.parent, node.top_layer)
+                    lower_data = LowerData(node.top_layer, where + b"/" + node.name
+                                           if where else node.name, st.st_blocks,
+                                           st.st_nlink > 1)
                 # Only fds of its own go past the await: src_dir is borrowed from the dir-fd
                 # cache, and other requests may close its number and reuse it meanwhile.
                 src = open_noatime(node.name, os.O_RDONLY | os.O_NOFOLLOW, src_dir)
-                await self._stage_regular_file(src, temp, st, with_data)
+                await self._stage_regular_file(src, temp, st, with_data, metadata_only,
+                                               node.lower_data)
             else:
                 if stat.S_ISLNK(st.st_mode):
                     os.symlink(os.readlink(node.name, dir_fd=src_dir), temp, dir_fd=work)
@@ -263,18 +293,86 @@ class CopyUp:
                 raise OSError(errno.ENOENT, "file was removed during copy-up")
             return
         self._became_upper(node, self._install_keeping_times(node.parent, temp, node.name))
+        node.lower_data = lower_data if metadata_only else None
 
     async def _stage_regular_file(self, src: int, temp: bytes, st: os.stat_result,
-                                  with_data: bool) -> None:
+                                  with_data: bool, metadata_only: bool,
+                                  lower_data: LowerData | None) -> None:
         """Stage a copy of the file open as `src` (which it closes) and record its origin.
-        A small file is copied in the request's own task (the hand-off to a worker thread
-        and back costs more than the copy); a bigger one in a worker thread, and then only
-        fds it owns cross the await."""
+        Its data is that of `lower_data` where `src` is a metadata-only copy itself. A small
+        file is copied in the request's own task (the hand-off to a worker thread and back
+        costs more than the copy); a bigger one in a worker thread, and then only fds it
+        owns cross the await."""
+        with_data = with_data and not metadata_only
         with OwnedFd(src), OwnedFd(open_in(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                                       self.work.fd)) as dst:
-            stage = (src, dst, st, self.names, not self.tree.stack.volatile, with_data)
+                                       self.work.fd)) as dst, \
+                OwnedFd(self.tree.open_lower_data(lower_data, os.O_RDONLY)
+                        if with_data and lower_data is not None else os.dup(src)) as data:
+            stage = (src, dst, st, self.names, not self.tree.stack.volatile,
+                     data if with_data else None, self.prefix if metadata_only else None)
             if st.st_size <= INLINE_COPY or not with_data:
                 _stage_regular(*stage)
             else:
                 await trio.to_thread.run_sync(_stage_regular, *stage)
             self.tree.origins.record((src, None), st.st_dev, (dst, None))
+
+    async def _fill(self, node: Node, with_data: bool) -> None:
+        """Give the metadata-only copy `node` its data, in place (its other names are links
+        to the same file): the data is written while the marker still sends reads to the
+        lower file, made durable, and only then is the marker removed, so a crash leaves
+        it as it was. Its mtime stays (the kernel's shows the copy's time; docs/behaviour.md).
+        Without data (O_TRUNC) it is truncated first: empty, it shows as empty, marked or not."""
+        data = node.lower_data
+        assert data is not None
+        with OwnedFd(self._open_to_fill(node)) as dst:
+            before = os.fstat(dst)
+            if not with_data:
+                os.ftruncate(dst, 0)
+            else:
+                with OwnedFd(self.tree.open_lower_data(data, os.O_RDONLY)) as src:
+                    capability = _capability(dst)
+                    if before.st_size <= INLINE_COPY:
+                        copy_file_data(src, dst, before.st_size)
+                    else:
+                        await trio.to_thread.run_sync(copy_file_data, src, dst,
+                                                      before.st_size)
+                # Writing drops file capabilities and (unless root) set-ID bits.
+                if capability is not None and capability != _capability(dst):
+                    os.setxattr(dst, CAPABILITY_XATTR, capability)
+                if os.fstat(dst).st_mode != before.st_mode:
+                    os.fchmod(dst, stat.S_IMODE(before.st_mode))
+                os.utime(dst, ns=(before.st_atime_ns, before.st_mtime_ns))
+            if not self.tree.stack.volatile:
+                os.fsync(dst)
+            metacopy.unmark(dst)
+        node.lower_data = None
+        self.attrs_changed(node)
+
+    def _open_to_fill(self, node: Node) -> int:
+        parent_fd = self.tree.parent_fd(node)
+        try:
+            return open_in(node.name, os.O_WRONLY | os.O_NOFOLLOW, parent_fd)
+        except PermissionError:
+            pass
+        # Not root, and its mode gives its owner no write permission: lend it that for the
+        # open only.
+        with OwnedFd(open_path(node.name, parent_fd)) as fd:
+            mode = stat.S_IMODE(os.stat(fd).st_mode)
+            path = proc_path(fd)[0]
+            os.chmod(path, mode | stat.S_IWUSR)
+            try:
+                return open_in(node.name, os.O_WRONLY | os.O_NOFOLLOW, parent_fd)
+            finally:
+                os.chmod(path, mode)
+
+
+CAPABILITY_XATTR = b"security.capability"
+
+
+def _capability(fd: int) -> bytes | None:
+    try:
+        return os.getxattr(fd, CAPABILITY_XATTR)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.EOPNOTSUPP):
+            return None
+        raise

@@ -34,6 +34,17 @@ class UpperDirState:
     oci_whiteouts: set[bytes]       # names hidden by `.wh.NAME` files in the upper dir
 
 
+@dataclass(frozen=True, slots=True)
+class LowerData:
+    """Where the data of a metadata-only copy (metacopy=on) is: a regular file in a lower
+    layer, which it shows as its own data (and st_blocks)."""
+
+    layer: Layer
+    path: bytes                     # from the layer's root
+    blocks: int                     # its st_blocks
+    linked: bool = False            # the lower file right below is hard-linked (nlink > 1)
+
+
 @dataclass(eq=False, slots=True)
 class Node:
     ino: int                        # the FUSE node id
@@ -54,13 +65,19 @@ class Node:
     may_be_cached: bool = False     # a handle without O_DIRECT was opened: the kernel may
                                     # hold its data in the page cache
     st_ino: int = 0                 # the st_ino shown, where it is not the node id
-    redirect: bytes | None = None   # a dir's redirect as its upper dir stores it
+    redirect: bytes | None = None   # its redirect as stored (a dir's, or a metacopy file's)
     lower_paths: dict[Layer, bytes] | None = None  # where a dir is in a lower layer, when
                                     # not at its parent's path there plus its name
+    lower_data: LowerData | None = None     # a metadata-only copy's data, elsewhere
 
     @property
     def top_layer(self) -> Layer:
         return self.layers[0]
+
+    @property
+    def data_layer(self) -> Layer:
+        """The layer a read of the file reads from."""
+        return self.lower_data.layer if self.lower_data is not None else self.layers[0]
 
     @property
     def in_upper(self) -> bool:

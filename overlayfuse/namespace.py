@@ -212,9 +212,13 @@ class Namespace:
         if node.is_dir:
             raise OSError(errno.EPERM, "hard link to a directory")
         check_new_name(name)
-        await self.copy_up.ensure_upper(node)
+        await self.copy_up.ensure_upper_metadata(node)
         if node.parent is None:
             raise OSError(errno.ENOENT, "file was removed")
+        if node.lower_data is not None:
+            # Each name of a metadata-only copy must find its data: an absolute redirect,
+            # as the kernel writes.
+            self._write_redirect(node, self._absolute_redirect(node))
         source_dir = self.tree.parent_fd(node)
         source_name = node.name
 
@@ -327,10 +331,10 @@ class Namespace:
                     and not self.tree.is_empty_dir(target):
                 raise OSError(errno.ENOTEMPTY, "target directory not empty")
         # Copy-ups may wait; everything after them runs without a pause.
-        await self.copy_up.ensure_upper(source)
+        await self.copy_up.ensure_upper_metadata(source)
         if exchange:
             assert target is not None
-            await self.copy_up.ensure_upper(target)
+            await self.copy_up.ensure_upper_metadata(target)
         self.copy_up.directory(old_parent)
         self.copy_up.directory(new_parent)
 
@@ -352,15 +356,27 @@ class Namespace:
 
     def _redirect_for(self, node: Node, old_parent: Node, new_parent: Node) -> bytes | None:
         """The redirect `node` needs to move from `old_parent` to `new_parent`: None for
-        anything but a dir with a lower part. Such a dir moves only with redirect_dir=on
-        (as in the kernel, EXDEV otherwise, and `mv` copies), and only if the redirect
-        fits in the kernel's redirect_max."""
-        if not node.is_dir or node.layers == (self.upper,):
+        anything but a dir with a lower part or a metadata-only copy. Such a dir moves only
+        with redirect_dir=on (as in the kernel, EXDEV otherwise, and `mv` copies), and only
+        if the redirect fits in the kernel's redirect_max."""
+        if node.is_dir:
+            if node.layers == (self.upper,):
+                return None
+            if self.tree.stack.redirect_dir != "on":
+                raise OSError(errno.EXDEV, "directory has a lower layer")
+        elif node.lower_data is None:
             return None
-        if self.tree.stack.redirect_dir != "on":
-            raise OSError(errno.EXDEV, "directory has a lower layer")
-        if old_parent is new_parent or (node.redirect or b"").startswith(b"/"):
+        # The kernel's rule: a file whose lower file is hard-linked gets an absolute one,
+        # since its other names may be copied up in other dirs.
+        if old_parent is new_parent and not (node.lower_data and node.lower_data.linked):
             return redirect.relative(node.name, node.redirect)
+        return self._absolute_redirect(node)
+
+    @staticmethod
+    def _absolute_redirect(node: Node) -> bytes:
+        """`node`'s absolute redirect: the one it has, or one made from its path."""
+        if node.redirect is not None and node.redirect.startswith(b"/"):
+            return node.redirect
         chain = []
         ancestor: Node | None = node
         while ancestor is not None and ancestor.parent is not None:
@@ -369,15 +385,20 @@ class Namespace:
         return redirect.absolute(chain)
 
     def _prepare_to_move(self, node: Node, old_parent: Node, new_parent: Node) -> None:
-        """Before a dir with a lower part moves: record where its lower part is. The
-        redirect is written while the dir is still at its old name, where it points at what
-        is there already, so a crash before the rename changes nothing (the kernel's order)."""
+        """Before a dir with a lower part (or a metadata-only copy) moves: record where its
+        lower part is. The redirect is written while it is still at its old name, where it
+        points at what is there already, so a crash before the rename changes nothing (the
+        kernel's order)."""
         value = self._redirect_for(node, old_parent, new_parent)
         if value is None:
             return
-        self.tree.pin_lower_paths(node)
+        if node.is_dir:
+            self.tree.pin_lower_paths(node)
+        self._write_redirect(node, value)
+
+    def _write_redirect(self, node: Node, value: bytes) -> None:
         if value != node.redirect:
-            redirect.write(self.tree.dir_fd(node, self.upper), self.prefix, value)
+            redirect.write(self.tree.xattr_target(node), self.prefix, value)
             node.redirect = value
 
     @staticmethod

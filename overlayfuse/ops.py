@@ -68,7 +68,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class OpenFile:
-    __slots__ = ("node", "fd", "layer", "direct", "retired")
+    __slots__ = ("node", "fd", "layer", "direct", "retired", "atime_due")
 
     def __init__(self, node: Node, fd: int, layer: Layer, direct: bool) -> None:
         self.node = node
@@ -76,6 +76,7 @@ class OpenFile:
         self.layer = layer
         self.direct = direct            # opened O_DIRECT: its writes bypass the page cache
         self.retired: list[int] = []    # fds replaced after a copy-up, closed at release
+        self.atime_due = False          # a read must move the upper file's atime itself
 
     def close(self) -> None:
         for fd in (self.fd, *self.retired):
@@ -208,7 +209,7 @@ class Operations(pyfuse3.Operations):
 
     def _add_file(self, node: Node, fd: int, direct: bool) -> int:
         fh = self._new_fh()
-        self._files[fh] = OpenFile(node, fd, node.top_layer, direct)
+        self._files[fh] = OpenFile(node, fd, node.data_layer, direct)
         if not direct:
             node.may_be_cached = True
         self.tree.table.opened(node)
@@ -323,7 +324,12 @@ class Operations(pyfuse3.Operations):
                 continue
             try:
                 found = self.tree.lookup(node, name, upper_names)
-            except OSError:
+            except OSError as e:
+                if e.errno == errno.EPERM:
+                    # What lookups are refused to follow (a redirect under nofollow, a
+                    # metadata-only copy without metacopy=on) the kernel leaves out.
+                    skipped += 1
+                    continue
                 # Listed all the same, as the kernel does (a lookup then gives the error).
                 if not pyfuse3.readdir_reply(token, name, self._unreachable_entry(),
                                              snapshot.offset_after(index)):
@@ -375,7 +381,15 @@ class Operations(pyfuse3.Operations):
         flags = (flags & ~OPEN_FLAGS_DROPPED) | os.O_NOFOLLOW
         atime = self.tree.stack.atime
         keep_cache = True
-        if node.in_upper and not atime.noatime:
+        atime_due = False
+        if node.lower_data is not None:
+            # A metadata-only copy opened for reading: its data is the lower file's, and its
+            # reads move the upper file's atime, as the kernel's do.
+            fd = self.tree.open_lower_data(node.lower_data, flags)
+            if node.in_upper:
+                atime_due = atime.read_would_update(self.tree.stat(node))
+                keep_cache = not atime_due
+        elif node.in_upper and not atime.noatime:
             fd = open_in(node.name, flags, self.tree.parent_fd(node))
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 # The daemon's reads move the atime: the next read must reach it if it should.
@@ -386,7 +400,9 @@ class Operations(pyfuse3.Operations):
         if flags & os.O_TRUNC and _kill_suidgid(ctx) and clear_setid(fd):
             _invalidate_attrs(node)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)    # a larger readahead
-        return pyfuse3.FileInfo(fh=self._add_file(node, fd, direct), keep_cache=keep_cache)
+        fh = self._add_file(node, fd, direct)
+        self._files[fh].atime_due = atime_due
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
     @_edge
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -427,8 +443,11 @@ class Operations(pyfuse3.Operations):
     @_edge
     async def read(self, fh: int, off: int, size: int) -> memoryview:
         handle = self._files[fh]
-        if handle.layer != handle.node.top_layer:
+        if handle.layer is not handle.node.data_layer:
             self._reopen_copied_up(handle)
+        if handle.atime_due:
+            handle.atime_due = False
+            self._touch_atime(handle.node)
         # What the page cache holds is read at once. A read that would wait for the disk
         # goes to a worker thread, so that other requests (and other reads) go on meanwhile;
         # except the rest of a small file, read here like a cold lookup's stat: the hand-off
@@ -453,6 +472,17 @@ class Operations(pyfuse3.Operations):
                 fd = handle.fd      # the handle may move to a copied-up fd meanwhile
                 got += await trio.to_thread.run_sync(_read_into, fd, rest, off + got)
         return memoryview(buffer)[:got]
+
+    def _touch_atime(self, node: Node) -> None:
+        """Move the atime of the upper file, though the data read is another file's: by a
+        read of the upper file itself (no data there, so no disk read), as only a read moves
+        the atime without the ctime, by the mount's atime policy."""
+        try:
+            fd = os.open(proc_path(*self.tree.xattr_target(node))[0], os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            return      # not root, and no read permission on it: nor would the kernel have
+        with OwnedFd(fd):
+            os.pread(fd, 1, 0)
 
     def _reopen_copied_up(self, handle: OpenFile) -> None:
         """The file was copied up since it was opened: read from the copy, as the kernel does."""
@@ -502,7 +532,7 @@ class Operations(pyfuse3.Operations):
         copy_up, _ = self._writer()
         node = self._node(inode)
         # The kernel copies up first, then lets the upper filesystem apply the flags.
-        await copy_up.ensure_upper(node)
+        await copy_up.ensure_upper_metadata(node)
         set_attr(*self.tree.xattr_target(node), self.xattr_names.to_real(name), value, flags)
         self._upper_dir_touched(node)
 
@@ -513,7 +543,7 @@ class Operations(pyfuse3.Operations):
         real = self.xattr_names.to_real(name)
         # Removing what is not there fails without a copy-up, as in the kernel.
         get_attr(*self.tree.xattr_target(node), real)
-        await copy_up.ensure_upper(node)
+        await copy_up.ensure_upper_metadata(node)
         remove_attr(*self.tree.xattr_target(node), real)
         self._upper_dir_touched(node)
 
@@ -530,11 +560,13 @@ class Operations(pyfuse3.Operations):
             # Nothing but ctime (utimensat with both times UTIME_OMIT): no copy-up.
             return self._entry(node, self.tree.stat(node))
         copy_up, _ = self._writer()
-        await copy_up.ensure_upper(node)
+        if fields.update_size:
+            await copy_up.ensure_upper(node)
+            self._truncate(node, attr.st_size, fh)
+        else:
+            await copy_up.ensure_upper_metadata(node)
         # The kernel holds the dir locked: no listing of it completes before the reply.
         self._upper_dir_touched(node)
-        if fields.update_size:
-            self._truncate(node, attr.st_size, fh)
         if _kill_suidgid(ctx) and not fields.update_mode:
             mode = self.tree.stat(node).st_mode
             if kill := bits_to_clear(mode):

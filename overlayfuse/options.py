@@ -357,15 +357,14 @@ def parse_args(argv: list[str]) -> MountOptions:
 
 def _features(settings: dict[str, object]) -> tuple[str, bool]:
     """redirect_dir and metacopy, with kernel overlayfs's rule: metacopy needs redirects, so
-    metacopy=on turns them on unless redirect_dir= says otherwise, which is an error."""
+    metacopy=on turns them on unless redirect_dir= says otherwise, which is an error (but
+    for `follow` on a mount without an upper layer, which only reads them)."""
     given = settings.get("redirect_dir")
     metacopy = settings.get("metacopy") == "on"
-    if metacopy and given not in (None, "on"):
-        raise MountError(errno.EINVAL, "conflicting options: metacopy=on,redirect_dir="
-                                       + REDIRECT_MODES[given])  # type: ignore[index]
-    if metacopy:
-        raise MountError(errno.EINVAL, "metacopy=on is not supported yet (metacopy=off is)")
-    return REDIRECT_MODES[given or "on"], metacopy  # type: ignore[index]
+    mode = REDIRECT_MODES[given or "on"]  # type: ignore[index]
+    if metacopy and mode != "on" and not (mode == "follow" and "upperdir" not in settings):
+        raise MountError(errno.EINVAL, "conflicting options: metacopy=on,redirect_dir=" + mode)
+    return mode, metacopy
 
 
 def _apply_option(item: str, settings: dict[str, object], fuse_options: set[str],

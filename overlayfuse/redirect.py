@@ -56,8 +56,9 @@ def read_unchecked(fd: int, name: bytes | None = None,
     return None
 
 
-def write(fd: int, xattr_prefix: bytes, value: bytes) -> None:
-    path, follow = proc_path(fd)
+def write(target: tuple[int, bytes | None], xattr_prefix: bytes, value: bytes) -> None:
+    """Store `value` as the redirect of the object behind `target` (fd, name in it)."""
+    path, follow = proc_path(*target)
     try:
         os.setxattr(path, xattr_prefix + b"redirect", value, follow_symlinks=follow)
     except OSError as e:

@@ -13,17 +13,18 @@ import os
 import stat
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import capabilities, redirect
-from .inodes import ROOT_INO, Node, NodeTable, UpperDirState
+from . import capabilities, metacopy, redirect
+from .inodes import ROOT_INO, LowerData, Node, NodeTable, UpperDirState
 from .layers import Layer, Stack
 from .listing import Listing, ListingCache, read_listing
 from .origin import Origins
 from .precedence import (DIR, NONDIR, NOT_SAID, NOTHING, WHITED_OUT, WHITEOUT, Said,
                          resolve_name, shown, visible_names)
-from .syscalls import OwnedFd, open_dir_path, open_dir_walk, xattr_names
+from .syscalls import OwnedFd, open_dir_path, open_dir_walk, open_noatime, xattr_names
 from .whiteout import (OCI_OPAQUE_MARKER, has_opaque_xattr, is_reserved_name, is_whiteout,
                        oci_target)
 
@@ -38,7 +39,8 @@ class Found:
     real_inos: tuple[int, ...]
     st: os.stat_result
     lower_paths: dict[Layer, bytes] | None = None   # see Node.lower_paths
-    redirect: bytes | None = None                   # the upper dir's own redirect
+    redirect: bytes | None = None                   # the upper object's own redirect
+    lower_data: LowerData | None = None             # a metadata-only copy's data
 
     @property
     def is_dir(self) -> bool:
@@ -216,13 +218,82 @@ class Tree:
             else:
                 top_st = os.stat(name, dir_fd=self.dir_fd(parent, top), follow_symlinks=False)
                 inos[0] = top_st.st_ino
-        lower_paths = None
-        if is_dir:
-            for layer, ino in zip(layers, inos):
-                if not layer.upper and (layer.dev, ino) in self.stack.forbidden:
-                    raise OSError(errno.ELOOP, "a layer root is inside a lower layer", name)
-            lower_paths = walk.lower_paths(layers)
-        return Found(tuple(layers), tuple(inos), top_st, lower_paths, walk.redirect)
+        if not is_dir:
+            if self.read_redirects and metacopy.may_be_marked(top_st, self.stack.metacopy):
+                return self._maybe_metacopy(walk, top, inos[0], top_st)
+            return Found((top,), (inos[0],), top_st)
+        for layer, ino in zip(layers, inos):
+            if not layer.upper and (layer.dev, ino) in self.stack.forbidden:
+                raise OSError(errno.ELOOP, "a layer root is inside a lower layer", name)
+        return Found(tuple(layers), tuple(inos), top_st, walk.lower_paths(layers),
+                     walk.redirect)
+
+    def _maybe_metacopy(self, walk: _Walk, layer: Layer, ino: int, st: os.stat_result
+                        ) -> Found:
+        """The file found in `layer`, which may be a metadata-only copy: then with where its
+        data is, the data's st_blocks, and (in the upper layer) its redirect."""
+        fd = self.dir_fd(walk.parent, layer)
+        present = xattr_names(fd, walk.name)
+        if not metacopy.is_marked(present):
+            return Found((layer,), (ino,), st)
+        if not self.stack.metacopy:
+            # As the kernel: without metacopy=on its data is not looked for.
+            raise OSError(errno.EPERM, "refusing to follow a metacopy file (metacopy=off)",
+                          walk.name)
+        value = redirect.read(fd, walk.name, present)
+        data = self._find_data(walk, layer, value)
+        return Found((layer,), (ino,), with_blocks(st, data.blocks),
+                     redirect=value if layer.upper else None, lower_data=data)
+
+    def _find_data(self, walk: _Walk, layer: Layer, value: bytes | None) -> LowerData:
+        """Where the data of the metadata-only copy found in `layer` is: the next file
+        below it under the same name (or where its redirect `value` points), past other
+        metadata-only copies (the kernel's lookup of a metacopy file's lower data)."""
+        parent = walk.parent
+        layers: Sequence[Layer] = parent.layers[parent.layers.index(layer) + 1:]
+        linked = None
+        while True:
+            if value is not None:
+                layers = walk.follow(value, layer) or layers
+            said = NOTHING
+            for layer in layers:
+                want, base = walk.want or walk.name, walk.base or parent
+                said = walk.ask(layer)[0]
+                if said != NOTHING:
+                    break
+            if said != NONDIR:
+                raise OSError(errno.EIO, "metacopy file without lower data", walk.name)
+            path = want[1:] if want.startswith(b"/") else _join(self.lower_path(base, layer),
+                                                                 want)
+            with self.at_path(layer, path) as (fd, name):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EIO, "metacopy file's lower data is not a file",
+                                  walk.name)
+                if linked is None:
+                    linked = st.st_nlink > 1
+                present = xattr_names(fd, name) if metacopy.may_be_marked(st, True) \
+                    else frozenset()
+                if not metacopy.is_marked(present):
+                    return LowerData(layer, path, st.st_blocks, linked)
+                value = redirect.read(fd, name, present)
+            layers = layers[layers.index(layer) + 1:]
+
+    @staticmethod
+    @contextmanager
+    def at_path(layer: Layer, path: bytes) -> Iterator[tuple[int, bytes]]:
+        """(dir fd, name) of `path` in `layer` (from its root), its dirs walked without
+        following symlinks; the fd is valid inside the block."""
+        head, _, name = path.rpartition(b"/")
+        if not head:
+            yield layer.fd, name
+            return
+        with OwnedFd(open_dir_walk(head, layer.fd)) as fd:
+            yield fd, name
+
+    def open_lower_data(self, data: LowerData, flags: int) -> int:
+        with self.at_path(data.layer, data.path) as (fd, name):
+            return open_noatime(name, flags | os.O_NOFOLLOW, fd)
 
     def _ask_upper(self, parent: Node, layer: Layer, name: bytes, upper_names: Listing | None
                    ) -> Said:
@@ -302,7 +373,7 @@ class Tree:
                 node.lower_paths, node.redirect = found.lower_paths, found.redirect
             else:
                 table.add_link(node, parent, name)
-                self._keep_lower_stat(node, found)
+                self._keep_file_state(node, found)
             return node
         number = table.numbered_after(found.layers, found.real_inos, found.is_dir)
         if self.origins.followed and not (made_here or found.is_dir) \
@@ -315,10 +386,12 @@ class Tree:
         if node.is_dir:
             node.lower_paths, node.redirect = found.lower_paths, found.redirect
         else:
-            self._keep_lower_stat(node, found)
+            self._keep_file_state(node, found)
         return node
 
-    def _keep_lower_stat(self, node: Node, found: Found) -> None:
+    @staticmethod
+    def _keep_file_state(node: Node, found: Found) -> None:
+        node.redirect, node.lower_data = found.redirect, found.lower_data
         if not found.layers[0].upper:
             node.lower_st = pack_stat(found.st)
 
@@ -330,10 +403,12 @@ class Tree:
         if node.unlinked:
             if node.orphan_fd is None:
                 raise OSError(errno.ENOENT, "file was removed")
-            return os.stat(node.orphan_fd)
-        if node.is_dir:
+            st = os.stat(node.orphan_fd)
+        elif node.is_dir:
             return os.stat(self.dir_fd(node, node.top_layer))
-        return os.stat(node.name, dir_fd=self.parent_fd(node), follow_symlinks=False)
+        else:
+            st = os.stat(node.name, dir_fd=self.parent_fd(node), follow_symlinks=False)
+        return st if node.lower_data is None else with_blocks(st, node.lower_data.blocks)
 
     def readlink(self, node: Node) -> bytes:
         return os.readlink(node.name, dir_fd=self.parent_fd(node))
@@ -451,6 +526,13 @@ class _Walk:
             found = tree.lower_redirect(layer, ino, base, rel)
         if found is None:
             return None
+        return self.follow(found, layer)
+
+    def follow(self, found: bytes, layer: Layer) -> tuple[Layer, ...] | None:
+        """Go on below `layer` where the redirect `found` of the object found there points.
+        Returns the layers to go on with, where an absolute redirect sends the lookup to
+        their roots."""
+        tree = self.tree
         self.redirected = True
         want = self.want or self.name
         if found.startswith(b"/"):
@@ -486,6 +568,14 @@ def pack_stat(st: os.stat_result) -> bytes:
     return _PACKED_STAT.pack(st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
                              st.st_size, st.st_blksize, st.st_blocks, st.st_atime_ns,
                              st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def with_blocks(st: os.stat_result, blocks: int) -> os.stat_result:
+    """`st` showing `blocks` as its st_blocks (a metadata-only copy shows its data's)."""
+    return os.stat_result(tuple(st[:10]), {
+        "st_atime_ns": st.st_atime_ns, "st_mtime_ns": st.st_mtime_ns,
+        "st_ctime_ns": st.st_ctime_ns, "st_blksize": st.st_blksize, "st_blocks": blocks,
+        "st_rdev": st.st_rdev})
 
 
 def unpack_stat(packed: bytes) -> os.stat_result:

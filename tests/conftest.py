@@ -3,7 +3,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +82,17 @@ def mount_kernel(kernel_available: None) -> Callable[..., KernelOverlay]:
 def both(make_stack: Callable[..., dict], mount_ofs: Callable[..., Overlay],
          mount_kernel: Callable[..., KernelOverlay]
          ) -> Callable[..., contextlib.AbstractContextManager]:
-    """both(lowers, upper=None, read_only=False) builds the same stack twice and mounts kernel
-    overlayfs on one and overlayfuse on the other; yields (kernel_stack, ofs_stack)."""
+    """both(lowers, upper=None, read_only=False, options=()) builds the same stack twice and
+    mounts kernel overlayfs on one and overlayfuse on the other, each with the mount
+    `options`; yields (kernel_stack, ofs_stack)."""
     @contextlib.contextmanager
     def run(lowers: list[dict[str, str]], upper: dict[str, str] | None = None,
-            read_only: bool = False) -> Iterator[tuple[dict, dict]]:
+            read_only: bool = False, options: Sequence[str] = ()
+            ) -> Iterator[tuple[dict, dict]]:
         kernel_stack = make_stack(lowers, upper, name="kernel")
         ofs_stack = make_stack(lowers, upper, name="ofs")
-        with mount_kernel(kernel_stack, read_only=read_only), \
-                mount_ofs(ofs_stack, read_only=read_only):
+        with mount_kernel(kernel_stack, read_only=read_only, options=list(options)), \
+                mount_ofs(ofs_stack, read_only=read_only, options=list(options)):
             yield kernel_stack, ofs_stack
     return run
 

@@ -447,6 +447,9 @@ def test_unknown_options_are_ignored_with_one_warning_each() -> None:
     (",redirect_dir=off", "follow", False),       # as a kernel with redirect_always_follow
     (",redirect_dir=nofollow", "nofollow", False),
     (",metacopy=off", "on", False),
+    (",metacopy=on", "on", True),
+    (",redirect_dir=on,metacopy=on", "on", True),
+    (",metacopy=on,metacopy=off", "on", False),
 ])
 def test_redirect_dir_and_metacopy(given: str, redirect_dir: str, metacopy: bool) -> None:
     options = parse_args(["-o", "lowerdir=/a,upperdir=/u,workdir=/w" + given, "/m"])
@@ -462,13 +465,22 @@ def test_redirect_dir_and_metacopy(given: str, redirect_dir: str, metacopy: bool
     ("redirect_dir=sometimes", "bad value for 'redirect_dir'"),
     ("redirect_dir", "bad value for 'redirect_dir'"),
     ("metacopy", "bad value for 'metacopy'"),
-    ("metacopy=on", "metacopy=on is not supported yet"),
-    ("redirect_dir=on,metacopy=on", "metacopy=on is not supported yet"),
 ])
 def test_redirect_dir_and_metacopy_refused_as_the_kernel_does(given: str, message: str) -> None:
     with pytest.raises(MountError) as info:
         parse_args(["-o", "lowerdir=/a,upperdir=/u,workdir=/w," + given, "/m"])
     assert info.value.errno == errno.EINVAL and message in str(info.value)
+
+
+@pytest.mark.parametrize("given, redirect_dir", [("redirect_dir=follow", "follow"),
+                                                  ("redirect_dir=off", "follow")])
+def test_metacopy_reads_redirects_on_a_mount_without_upper(given: str, redirect_dir: str
+                                                           ) -> None:
+    # As the kernel: following is all a read-only stack needs of redirects.
+    options = parse_args(["-o", f"lowerdir=/a:/b,metacopy=on,{given}", "/m"])
+    assert (options.redirect_dir, options.metacopy) == (redirect_dir, True)
+    with pytest.raises(MountError, match="conflicting options"):
+        parse_args(["-o", "lowerdir=/a:/b,metacopy=on,redirect_dir=nofollow", "/m"])
 
 
 def test_silent_options_need_no_warning() -> None:

@@ -21,6 +21,7 @@ few iterations the upper dir starts afresh. 26 kills in CI (two aimed at each ki
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -375,6 +376,81 @@ def test_sigkill_during_a_large_copy_up_at_many_offsets(make_stack, tmp_path: Pa
         fresh_upper(stack)
     assert hashlib.sha256(lower.read_bytes()).hexdigest() == lower_sha
     print(f"copy-up kills: {dict(outcomes)}")
+
+
+def test_sigkill_during_metadata_only_copy_ups_and_their_data_copy(make_stack) -> None:
+    """metacopy=on: kills during a chmod of many lower files (each a metadata-only copy-up),
+    then during the data copy of a big one at its first open for writing. After the remount
+    every file has its lower data, under its old mode or its new one, and the big one its
+    lower data or the complete copy (maybe with the write); kernel overlayfs reads the
+    crashed upper dir the same way."""
+    names = [f"f{index:03}" for index in range(300)]
+    stack = make_stack([{name: f"file:{name} " * 50 for name in names}])
+    lower = stack["lowers"][0] / "big"
+    size = 48 << 20
+    block = os.urandom(1 << 20)
+    with open(lower, "wb") as f:
+        for index in range(size >> 20):
+            f.write(index.to_bytes(8, "little") + block[8:])
+    lower_data = lower.read_bytes()
+    rng = random.Random(SEED)
+    options = ["metacopy=on"]
+    outcomes: Counter[str] = Counter()
+    for attempt in range(6 if SOAK else 3):
+        with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
+                     options=options) as overlay:
+            process = overlay.process
+            assert process is not None
+
+            def chmod_all() -> None:
+                with contextlib.suppress(OSError):
+                    for name in names:
+                        os.chmod(stack["merged"] / name, 0o600)
+            thread = threading.Thread(target=chmod_all, daemon=True)
+            thread.start()
+            time.sleep(rng.uniform(0.01, 0.3))
+            process.kill()
+            process.wait()
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+        with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
+                     options=options) as overlay:
+            assert os.listdir(stack["work"] / "work") == []
+            modes = Counter(stat.S_IMODE(os.lstat(stack["merged"] / name).st_mode)
+                            for name in names)
+            assert set(modes) <= {0o600, 0o644}, modes
+            for name in names:
+                assert (stack["merged"] / name).read_bytes() == (
+                    stack["lowers"][0] / name).read_bytes()
+            outcomes["metadata copied"] += modes[0o600]
+            os.chmod(stack["merged"] / "big", 0o600)
+            process = overlay.process
+            assert process is not None
+
+            def writer() -> None:
+                with contextlib.suppress(OSError):
+                    fd = os.open(stack["merged"] / "big", os.O_WRONLY)
+                    os.pwrite(fd, b"WRITTEN", 0)
+                    os.close(fd)
+            thread = threading.Thread(target=writer, daemon=True)
+            thread.start()
+            time.sleep(rng.uniform(0.0, 0.5))
+            process.kill()
+            process.wait()
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+        views = []
+        for mount in (Overlay, KernelOverlay):
+            with mount(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
+                       options=options):
+                data = (stack["merged"] / "big").read_bytes()
+                assert data[7:] == lower_data[7:]
+                assert data[:7] in (b"WRITTEN", lower_data[:7])
+                views.append((data[:7], snapshot(stack["merged"])))
+        assert views[0] == views[1]
+        outcomes["written" if views[0][0] == b"WRITTEN" else "lower data"] += 1
+        fresh_upper(stack)
+    print(f"metacopy kills: {dict(outcomes)}")
 
 
 KILLED_AFTER_STAND_IN = r'''

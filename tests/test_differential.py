@@ -24,6 +24,16 @@ def test_random_sequences_match_the_kernel(kernel_available: None, tmp_path: Pat
     assert not report.found, format_report(report, OVERLAYFUSE_TEMPLATE)
 
 
+def test_random_sequences_with_metacopy_match_the_kernel(kernel_available: None,
+                                                         tmp_path: Path) -> None:
+    """Both mounted with metacopy=on: metadata changes copy up metadata only, and the
+    sequences' renames, writes and layer rotations meet such files."""
+    template = OVERLAYFUSE_TEMPLATE.replace("workdir={workdir}", "workdir={workdir},metacopy=on")
+    report = explore(template, EXAMPLES // 2, SEED + 1, tmp_path, kernel_options=["metacopy=on"])
+    assert report.examples >= EXAMPLES // 2
+    assert not report.found, format_report(report, template)
+
+
 def test_planted_bug_is_reported(kernel_available: None, tmp_path: Path) -> None:
     spec = StackSpec(lowers=({"a": "file:x", "d/b": "file:y"},), upper={})
     example = run_example(tmp_path / "one", spec, [("unlink", "a"), ("stat", "a")],

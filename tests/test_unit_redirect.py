@@ -51,7 +51,7 @@ def test_read_and_write_on_a_directory(tmp_path: Path) -> None:
     try:
         assert redirect.read(fd) is None
         prefix = b"trusted.overlay." if os.geteuid() == 0 else b"user.overlay."
-        redirect.write(fd, prefix, b"/a/d1")
+        redirect.write((fd, None), prefix, b"/a/d1")
         assert redirect.read(fd) == b"/a/d1"
         parent = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
         try:

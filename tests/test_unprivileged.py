@@ -267,3 +267,20 @@ def test_refusal_by_fusermount3_is_one_line(user_env: dict, user_stack: Path) ->
     assert "Traceback" not in done.stderr
     assert not mounts.is_mounted(merged)
     assert _daemons(merged) == []
+
+
+def test_unprivileged_metacopy(user_env: dict, user_stack: Path) -> None:
+    """Without root the marker goes to user.overlay.metacopy; the data copy works as well."""
+    base = user_stack
+    with user_mount(user_env, base, "-o", "metacopy=on") as merged:
+        done = as_user(user_env, "sh", "-c", f"cd {merged} && chmod 600 d/f && cat d/f",
+                       check=False)
+        assert done.returncode == 0 and done.stdout == "lower", done.stderr
+        stub = base / "upper/d/f"
+        assert os.getxattr(stub, "user.overlay.metacopy") == b""
+        assert os.lstat(stub).st_size == len("lower") and stub.read_bytes() == b"\0" * 5
+        done = as_user(user_env, "sh", "-c", f"cd {merged} && echo more >> d/f && cat d/f",
+                       check=False)
+        assert done.returncode == 0 and done.stdout.split() == ["lowermore"], done.stderr
+        assert "user.overlay.metacopy" not in os.listxattr(stub)
+        assert stat.S_IMODE(os.lstat(stub).st_mode) == 0o600

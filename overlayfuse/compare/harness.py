@@ -142,9 +142,21 @@ def _pids_mentioning(text: str) -> list[int]:
 
 
 @contextlib.contextmanager
-def _kernel(stack: dict) -> Iterator[None]:
-    with KernelOverlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"]):
+def _kernel(stack: dict, options: Sequence[str] = ()) -> Iterator[None]:
+    with KernelOverlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
+                       options=options):
         yield
+
+
+def _rotate(stack: dict) -> None:
+    """Make the upper dir the top lower layer and start a fresh upper dir (an image rebuilt
+    from yesterday's container), as a new stack at the same paths otherwise."""
+    number = len(stack["lowers"])
+    base = Path(stack["merged"]).parent
+    stack["lowers"] = [stack["upper"], *stack["lowers"]]
+    stack["upper"], stack["work"] = base / f"upper{number}", base / f"work{number}"
+    stack["upper"].mkdir()
+    stack["work"].mkdir()
 
 
 def _upper_view(root: Path) -> dict:
@@ -187,26 +199,31 @@ def _apply_bounded(root: Path, op: Op, seconds: float = 10.0) -> str:
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_example(base: Path, spec: StackSpec, ops: Sequence[Op], mount_tested: TemplateMount
-                ) -> Example:
-    """Run `ops` on both sides; stop at the first divergent outcome (later ones would only
-    echo it)."""
+def run_example(base: Path, spec: StackSpec, ops: Sequence[Op], mount_tested: TemplateMount,
+                kernel_options: Sequence[str] = ()) -> Example:
+    """Run `ops` on both sides (the kernel mounted with `kernel_options`, which should match
+    the tested template's); stop at the first divergent outcome (later ones would only echo
+    it)."""
     example = Example(spec, ops)
     if base.exists():
         shutil.rmtree(base)
     kernel_stack = _lay_out(base / "kernel", spec, for_kernel=True)
     tested_stack = _lay_out(base / "tested", spec, for_kernel=False)
-    lowers_before = [raw_snapshot(p) for p in tested_stack["lowers"]]
+    lowers = list(tested_stack["lowers"])
+    lowers_before = [raw_snapshot(p) for p in lowers]
     try:
-        kernel_cm = _kernel(kernel_stack)
+        kernel_cm = _kernel(kernel_stack, kernel_options)
         tested_cm = mount_tested(tested_stack)
         with contextlib.ExitStack() as stack:
             stack.enter_context(kernel_cm)
             stack.enter_context(tested_cm)
             for step, op in enumerate(ops):
-                if op[0] == "remount":
+                if op[0] in ("remount", "rotate"):
                     stack.close()
-                    stack.enter_context(_kernel(kernel_stack))
+                    if op[0] == "rotate":
+                        _rotate(kernel_stack)
+                        _rotate(tested_stack)
+                    stack.enter_context(_kernel(kernel_stack, kernel_options))
                     stack.enter_context(mount_tested(tested_stack))
                     continue
                 kernel_result = _apply_bounded(kernel_stack["merged"], op)
@@ -222,7 +239,7 @@ def run_example(base: Path, spec: StackSpec, ops: Sequence[Op], mount_tested: Te
         if not example.divergences:
             example.divergences += _compare_trees("upper", _upper_view(kernel_stack["upper"]),
                                                   _upper_view(tested_stack["upper"]))
-        for path, before in zip(tested_stack["lowers"], lowers_before):
+        for path, before in zip(lowers, lowers_before):
             example.divergences += _compare_trees("lower-modified", before, raw_snapshot(path))
     finally:
         shutil.rmtree(base, ignore_errors=True)

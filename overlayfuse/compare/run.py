@@ -15,7 +15,7 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +47,11 @@ class Report:
 
 
 def explore(template: str, budget: int, random_seed: int, workdir: Path,
-            shrink: bool = True, progress: Callable[[int], None] | None = None) -> Report:
+            shrink: bool = True, progress: Callable[[int], None] | None = None,
+            kernel_options: Sequence[str] = ()) -> Report:
     """Run up to `budget` examples; each new kind of divergence is shrunk and recorded,
-    and the search goes on for other kinds."""
+    and the search goes on for other kinds. The kernel is mounted with `kernel_options`
+    (those the template gives the tested implementation)."""
     report = Report()
     mount = TemplateMount(template)
     started = time.monotonic()
@@ -67,7 +69,7 @@ def explore(template: str, budget: int, random_seed: int, workdir: Path,
             report.examples += 1
             if progress is not None:
                 progress(report.examples)
-            result = run_example(workdir / "example", spec, ops, mount)
+            result = run_example(workdir / "example", spec, ops, mount, kernel_options)
             for divergence in result.divergences:
                 known = explain(divergence)
                 if known is not None:

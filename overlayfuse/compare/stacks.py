@@ -233,6 +233,7 @@ def operations(names: st.SearchStrategy[str] = paths) -> st.SearchStrategy[tuple
         st.tuples(st.just("stat"), names),
         st.tuples(st.just("readlink"), names),
         st.tuples(st.just("remount")),
+        st.tuples(st.just("rotate")),
     )
 
 
