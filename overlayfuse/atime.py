@@ -52,10 +52,15 @@ class AtimePolicy(namedtuple("AtimePolicy", "noatime strictatime nodiratime by_m
         """Whether a read of a file with this stat moves its atime (the kernel's
         atime_needs_update and relatime_need_update). Unknown, and so False, where the
         upper filesystem's own mount options rule."""
+        due = self.next_update(st)
+        return due is not None and due <= time.time_ns()
+
+    def next_update(self, st: os.stat_result) -> int | None:
+        """From when (ns since the epoch) a read of an object with this stat moves its atime,
+        as long as it does not change; None: never (or unknown, as above)."""
         if self.noatime or not self.by_mount:
-            return False
-        if self.strictatime:
-            return True
+            return None
         atime = st.st_atime_ns
-        return (atime <= st.st_mtime_ns or atime <= st.st_ctime_ns
-                or time.time_ns() - atime >= RELATIME_MAX_AGE_NS)
+        if self.strictatime or atime <= st.st_mtime_ns or atime <= st.st_ctime_ns:
+            return 0
+        return atime + RELATIME_MAX_AGE_NS

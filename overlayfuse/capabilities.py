@@ -12,6 +12,9 @@ import pyfuse3
 FALLOCATE = hasattr(pyfuse3.Operations, "fallocate")
 # opendir may return a FileInfo with cache_readdir/keep_cache: the kernel caches listings.
 CACHED_LISTINGS = hasattr(pyfuse3.FileInfo, "cache_readdir")
+# enable_no_opendir: the kernel opens dirs itself and caches their listings, without OPENDIR
+# and RELEASEDIR requests; readdir gets the dir's inode.
+NO_OPENDIR = hasattr(pyfuse3.Operations, "enable_no_opendir")
 # EntryAttributes.attr_ino: the st_ino shown may differ from the FUSE node id.
 ATTR_INO = hasattr(pyfuse3.EntryAttributes, "attr_ino")
 # setxattr gets XATTR_CREATE/XATTR_REPLACE and applies them itself, atomically.

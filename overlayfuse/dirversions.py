@@ -13,6 +13,7 @@ the FUSE edge drops the cached pages when a version ends.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 from .inodes import Node, NodeTable
@@ -20,6 +21,7 @@ from .inodes import Node, NodeTable
 INDEX_BITS = 32
 INDEX_MASK = (1 << INDEX_BITS) - 1
 TAGS = 1 << 30      # offsets stay below 2**62: a positive loff_t
+ENDED_NAMES_KEPT = 1_000_000    # names held in ended versions a reader may still go on with
 
 
 class Snapshot:
@@ -52,10 +54,16 @@ class DirVersions:
     """The current snapshot of every directory listed since its last change, and which
     directories the kernel may hold a cached listing of."""
 
-    def __init__(self, table: NodeTable) -> None:
+    def __init__(self, table: NodeTable, keep_ended: bool = False) -> None:
         self._current: dict[Node, Snapshot] = {}
         self._kernel_cached: set[Node] = set()
         self._next_tag = 1
+        # Without dir handles (no OPENDIR), a reader's offset names the version it reads:
+        # `keep_ended` keeps ended versions for readers that go on, the oldest dropped first.
+        self._keep_ended = keep_ended
+        self._ended: OrderedDict[tuple[Node, int], Snapshot] = OrderedDict()
+        self._ended_tags: dict[Node, set[int]] = {}
+        self._ended_names = 0
         # A dropped node's snapshot goes with it (nodes are dropped also without a FORGET,
         # when their last child goes).
         drop = table.on_drop
@@ -65,6 +73,8 @@ class DirVersions:
                 drop(node)  # type: ignore[operator]
             self._current.pop(node, None)
             self._kernel_cached.discard(node)
+            for tag in self._ended_tags.pop(node, ()):
+                self._ended_names -= len(self._ended.pop((node, tag)).names)
 
         table.on_drop = on_drop
 
@@ -76,15 +86,37 @@ class DirVersions:
             self._current[node] = snapshot
         return snapshot
 
-    def opened_cached(self, node: Node) -> None:
-        """A handle was opened with FOPEN_CACHE_DIR: the kernel may now cache the listing."""
+    def at(self, node: Node, offset: int, list_names: Callable[[Node], list[bytes]]
+           ) -> Snapshot:
+        """The snapshot a reader without a handle reads at `offset`: the current one from 0,
+        else the version the offset's tag names, or the current one if that was dropped."""
+        current = self.current(node, list_names)
+        tag = offset >> INDEX_BITS
+        if offset == 0 or tag == current.tag:
+            return current
+        return self._ended.get((node, tag), current)
+
+    def may_cache(self, node: Node) -> None:
+        """The kernel may now cache the listing (a handle opened with FOPEN_CACHE_DIR, or a
+        READDIR answered without handles)."""
         self._kernel_cached.add(node)
 
     def changed(self, node: Node) -> bool:
         """The listing of `node` changed: the next reader from offset 0 gets a new version.
         Whether the kernel may hold a cached listing to drop: only once, unless a handle
         that may fill the cache again is still open."""
-        self._current.pop(node, None)
+        ended = self._current.pop(node, None)
+        if ended is not None and self._keep_ended:
+            self._ended[(node, ended.tag)] = ended
+            self._ended_tags.setdefault(node, set()).add(ended.tag)
+            self._ended_names += len(ended.names)
+            while self._ended_names > ENDED_NAMES_KEPT:
+                (old_node, tag), old = self._ended.popitem(last=False)
+                self._ended_names -= len(old.names)
+                tags = self._ended_tags[old_node]
+                tags.discard(tag)
+                if not tags:
+                    del self._ended_tags[old_node]
         if node not in self._kernel_cached:
             return False
         if node.open_files == 0:

@@ -23,20 +23,23 @@ log = logging.getLogger("overlayfuse")
 
 def serve(stack: Stack, options: MountOptions, fuse: FuseMount) -> None:
     """Serve until the mount goes away or a stop signal arrives."""
+    # fusermount3's auto_unmount tells a dead daemon by an open of the mount dir failing
+    # with ENOTCONN: an open that sends no OPENDIR never fails.
     ops = Operations(Tree(stack), timeout=options.timeout, debug=options.debug,
                      uids=IdMap(options.uidmapping, options.squash_to_uid),
-                     gids=IdMap(options.gidmapping, options.squash_to_gid))
+                     gids=IdMap(options.gidmapping, options.squash_to_gid),
+                     no_opendir="auto_unmount" not in options.fuse_options)
     # libfuse takes a connection that is already mounted as the mountpoint /dev/fd/N. It
     # gets its own fd (it closes it); ours stays for the unmount.
     session_options = fuse_options(options, stack) & SESSION_OPTIONS
     pyfuse3.init(ops, f"/dev/fd/{os.dup(fuse.fd)}", session_options)
     try:
-        trio.run(_main_loop)
+        trio.run(_main_loop, ops)
     finally:
         pyfuse3.close(unmount=False)
 
 
-async def _main_loop() -> None:
+async def _main_loop(ops: Operations) -> None:
     async with trio.open_nursery() as nursery:
         async def watch_signals() -> None:
             with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -53,3 +56,5 @@ async def _main_loop() -> None:
 
         nursery.start_soon(watch_signals)
         nursery.start_soon(run_fuse)
+        if ops.listing_expiry is not None:
+            nursery.start_soon(ops.listing_expiry.run)

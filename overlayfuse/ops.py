@@ -25,9 +25,10 @@ from .idmap import OVERFLOW_ID, IdMap
 from .inodes import Node
 from .killpriv import bits_to_clear, clear_setid
 from .layers import Layer
+from .listingexpiry import ListingExpiry
 from .namespace import Caller, Namespace
-from .syscalls import (OwnedFd, fallocate, open_in, open_noatime, open_path, open_readable_dir,
-                       proc_path)
+from .syscalls import (RENAME_EXCHANGE, OwnedFd, fallocate, open_in, open_noatime, open_path,
+                       open_readable_dir, proc_path)
 from .tree import Tree
 from .xattrs import XattrNames, get_attr, list_attrs, remove_attr, set_attr
 
@@ -58,6 +59,10 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as e:  # noqa: BLE001 - the daemon must survive any bug
             self.report_bug(name, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            # Before the reply: the caller's next listing must not come from the cache.
+            if self.listing_expiry is not None and self.listing_expiry.busy:
+                await self.listing_expiry.drop_pending()
 
     return handler
 
@@ -87,7 +92,8 @@ class Operations(pyfuse3.Operations):
     enable_dont_mask = True          # likewise: the umask comes in ctx, to apply unless an ACL
 
     def __init__(self, tree: Tree, timeout: float = 3600.0, debug: bool = False,
-                 uids: IdMap | None = None, gids: IdMap | None = None) -> None:
+                 uids: IdMap | None = None, gids: IdMap | None = None,
+                 no_opendir: bool = True) -> None:
         super().__init__()
         self.tree = tree
         self.uids = uids or IdMap()
@@ -99,11 +105,22 @@ class Operations(pyfuse3.Operations):
         self.copy_up: CopyUp | None = None
         self.namespace: Namespace | None = None
         if tree.writable:
-            self.copy_up = CopyUp(tree, self.xattr_names, _invalidate_attrs)
+            self.copy_up = CopyUp(tree, self.xattr_names, self._copied_up)
             self.namespace = Namespace(tree, self.copy_up)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirHandle] = {}
-        self.dir_versions = DirVersions(tree.table)
+        # Without OPENDIR the kernel keeps every listing cached, so where a listing may move
+        # the upper dir's atime (relatime) the daemon drops a cached listing when the next
+        # one is due (listingexpiry.py). Under strictatime every listing is due: OPENDIR stays.
+        # `no_opendir` False keeps it too (see loop.serve).
+        atime = tree.stack.atime
+        listings_move_atimes = tree.writable and atime.touches_dirs and atime.by_mount
+        self.enable_no_opendir = no_opendir and capabilities.NO_OPENDIR and not (
+            listings_move_atimes and atime.strictatime)
+        self.dir_versions = DirVersions(tree.table, keep_ended=self.enable_no_opendir)
+        self.listing_expiry: ListingExpiry | None = None
+        if self.enable_no_opendir and listings_move_atimes:
+            self.listing_expiry = ListingExpiry(tree.table, atime, _invalidate_data)
         self._next_fh = 1
         self._reported: set[tuple[str, str]] = set()
 
@@ -130,6 +147,15 @@ class Operations(pyfuse3.Operations):
 
     def _node(self, ino: int) -> Node:
         return self.tree.table.get(ino)
+
+    def _copied_up(self, node: Node) -> None:
+        """A copy-up changed `node`'s attributes (of a dir: its upper ctime)."""
+        _invalidate_attrs(node)
+        self._upper_dir_touched(node)
+
+    def _upper_dir_touched(self, node: Node) -> None:
+        if node.is_dir and self.listing_expiry is not None:
+            self.listing_expiry.touched(node)
 
     def _entry(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
         # Made for every lookup, getattr and readdirplus entry: each attribute set costs.
@@ -260,7 +286,7 @@ class Operations(pyfuse3.Operations):
         moves = self._listing_moves_atime(node)
         cached = not (moves and self.tree.stack.atime.strictatime)
         if cached:
-            self.dir_versions.opened_cached(node)
+            self.dir_versions.may_cache(node)
         return pyfuse3.FileInfo(fh=fh, keep_cache=not moves, cache_readdir=cached)
 
     def _listing_moves_atime(self, node: Node) -> bool:
@@ -278,16 +304,23 @@ class Operations(pyfuse3.Operations):
 
     @_edge
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        handle = self._dirs[fh]
-        node = handle.node
-        if start_id == 0 or handle.snapshot is None:
-            # A snapshot per version keeps offsets stable while the directory changes: no
-            # stable entry is skipped or repeated, and the kernel's cache stays one listing.
-            handle.snapshot = self.dir_versions.current(node, self.tree.list_names)
-        snapshot = handle.snapshot
+        # A snapshot per version keeps offsets stable while the directory changes: no stable
+        # entry is skipped or repeated, and the kernel's cache stays one listing.
+        if self.enable_no_opendir:
+            node = self._node(fh)      # no handles: the offset says which version is read
+            snapshot = self.dir_versions.at(node, start_id, self.tree.list_names)
+            self.dir_versions.may_cache(node)
+        else:
+            handle = self._dirs[fh]
+            node = handle.node
+            if start_id == 0 or handle.snapshot is None:
+                handle.snapshot = self.dir_versions.current(node, self.tree.list_names)
+            snapshot = handle.snapshot
         names = snapshot.names
         upper_names = self.tree.upper_names(node)
-        for index in range(snapshot.index_at(start_id), len(names)):
+        start = snapshot.index_at(start_id)
+        skipped = 0
+        for index in range(start, len(names)):
             name = names[index]
             if index < 2:
                 target = node if index == 0 else (node.parent or self.tree.root)
@@ -301,6 +334,7 @@ class Operations(pyfuse3.Operations):
                 if e.errno == errno.EPERM:
                     # What lookups are refused to follow (a redirect under nofollow, a
                     # metadata-only copy without metacopy=on) the kernel leaves out.
+                    skipped += 1
                     continue
                 # Listed all the same, as the kernel does (a lookup then gives the error).
                 if not pyfuse3.readdir_reply(token, name, self._unreachable_entry(),
@@ -308,12 +342,22 @@ class Operations(pyfuse3.Operations):
                     return
                 continue
             if found is None:
+                skipped += 1
                 continue
             child, st = found
             if not pyfuse3.readdir_reply(token, name, self._entry(child, st),
                                          snapshot.offset_after(index)):
                 return
             self.tree.table.looked_up(child)
+        if skipped >= len(names) - start and self.listing_expiry is not None:
+            # An empty answer: the kernel now holds the listing complete.
+            await self._listing_completed(node)
+
+    async def _listing_completed(self, node: Node) -> None:
+        assert self.listing_expiry is not None
+        upper_st = os.stat(self.tree.dir_fd(node, node.top_layer)) if node.in_upper else None
+        if self.listing_expiry.completed(node, upper_st):
+            await self.listing_expiry.drop_now(node)
 
     @_edge
     async def releasedir(self, fh: int) -> None:
@@ -322,7 +366,7 @@ class Operations(pyfuse3.Operations):
 
     @_edge
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        node = self._dirs[fh].node
+        node = self._node(fh) if self.enable_no_opendir else self._dirs[fh].node
         if self.tree.stack.volatile or not node.in_upper:
             return      # nothing of it was written by us
         fd = open_readable_dir(self.tree.dir_fd(node, node.top_layer))
@@ -496,6 +540,7 @@ class Operations(pyfuse3.Operations):
         # The kernel copies up first, then lets the upper filesystem apply the flags.
         await copy_up.ensure_upper_metadata(node)
         set_attr(*self.tree.xattr_target(node), self.xattr_names.to_real(name), value, flags)
+        self._upper_dir_touched(node)
 
     @_edge
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -506,6 +551,7 @@ class Operations(pyfuse3.Operations):
         get_attr(*self.tree.xattr_target(node), real)
         await copy_up.ensure_upper_metadata(node)
         remove_attr(*self.tree.xattr_target(node), real)
+        self._upper_dir_touched(node)
 
     # ---- attributes ----------------------------------------------------------------------
 
@@ -525,6 +571,8 @@ class Operations(pyfuse3.Operations):
             self._truncate(node, attr.st_size, fh)
         else:
             await copy_up.ensure_upper_metadata(node)
+        # The kernel holds the dir locked: no listing of it completes before the reply.
+        self._upper_dir_touched(node)
         if _kill_suidgid(ctx) and not fields.update_mode:
             mode = self.tree.stat(node).st_mode
             if kill := bits_to_clear(mode):
@@ -626,6 +674,18 @@ class Operations(pyfuse3.Operations):
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
         await namespace.rename(old_parent, name_old, new_parent, name_new, flags)
         self._listings_changed(*{old_parent, new_parent})
+        if self.listing_expiry is not None:
+            # A dir moved has a new upper ctime (so has one exchanged).
+            moved = [(new_parent, name_new)]
+            if flags & RENAME_EXCHANGE:
+                moved.append((old_parent, name_old))
+            for parent, name in moved:
+                try:
+                    found = self.tree.lookup(parent, name)
+                except OSError:
+                    continue    # renamed all the same: the reply must say so
+                if found is not None:
+                    self._upper_dir_touched(found[0])
 
 
 def _invalidate_attrs(node: Node) -> None:

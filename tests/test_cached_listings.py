@@ -67,17 +67,23 @@ def _readdirs(log: Path) -> int:
 
 @pytest.mark.skipif(not capabilities.CACHED_LISTINGS,
                     reason="stock pyfuse3: opendir cannot ask the kernel to cache listings")
+@pytest.mark.parametrize("option", ["relatime", "noatime"])
 def test_a_warm_listing_reaches_the_daemon_only_after_a_change(make_stack, mount_ofs,
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path, option) -> None:
+    """With a pyfuse3 that can do without OPENDIR, a warm listing costs no request at all,
+    under relatime too (the listing that moved the upper dir's atime is not due again)."""
     stack = make_stack(LOWERS, UPPER)
     log = tmp_path / "overlayfuse.log"
-    with mount_ofs(stack, debug=True):
+    with mount_ofs(stack, debug=True, options=(option,)):
         d = stack["merged"] / "d"
         first = sorted(os.listdir(d))
         cold = _readdirs(log)
         assert cold > 0
+        opens = log.read_text().count("opendir(")
         assert sorted(os.listdir(d)) == first
         assert _readdirs(log) == cold
+        no_opendir = capabilities.NO_OPENDIR
+        assert (log.read_text().count("opendir(") == opens) == no_opendir
         (d / "new").write_bytes(b"")
         assert sorted(os.listdir(d)) == sorted([*first, "new"])
         assert _readdirs(log) > cold
@@ -140,3 +146,17 @@ def test_a_listing_read_across_a_change_shows_each_name_once(make_stack, mount_o
             finally:
                 os.close(first)
         assert sorted(name for name in seen if name != "new") == sorted(everything), kind
+
+
+@pytest.mark.parametrize("option", ["relatime", "noatime"])
+def test_fsync_of_an_open_dir_succeeds(make_stack, mount_ofs, option) -> None:
+    """Also where dirs are opened without OPENDIR (noatime): FSYNCDIR then names the dir by
+    its inode, not by a handle."""
+    stack = make_stack(LOWERS, UPPER)
+    with mount_ofs(stack, options=(option,)):
+        for rel in ("u", "d", "e"):     # upper only, merged, lower only
+            fd = os.open(stack["merged"] / rel, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -50,7 +50,7 @@ def test_a_change_drops_the_kernels_cache_only_where_it_may_hold_one() -> None:
     table, node = _table_with_dir()
     versions = DirVersions(table)
     assert not versions.changed(node)           # never opened with caching
-    versions.opened_cached(node)
+    versions.may_cache(node)
     node.open_files = 1                          # that handle may fill the cache again
     assert versions.changed(node)
     assert versions.changed(node)
@@ -63,8 +63,26 @@ def test_a_dropped_node_takes_its_snapshot_with_it() -> None:
     table, node = _table_with_dir()
     versions = DirVersions(table)
     first = versions.current(node, lambda n: [b"a"])
-    versions.opened_cached(node)
+    versions.may_cache(node)
     table.forget(node.ino, 1)
     assert table.by_ino.get(node.ino) is None
     assert not versions.changed(node)
     assert versions.current(node, lambda n: [b"a"]) is not first
+
+
+def test_without_handles_the_offset_names_the_version_read(monkeypatch) -> None:
+    table, node = _table_with_dir()
+    versions = DirVersions(table, keep_ended=True)
+    first = versions.at(node, 0, lambda n: [b"a", b"b"])
+    versions.changed(node)
+    second = versions.at(node, 0, lambda n: [b"new", b"a", b"b"])
+    assert second is not first
+    assert versions.at(node, first.offset_after(2), lambda n: []) is first
+    assert versions.at(node, second.offset_after(2), lambda n: []) is second
+    # Ended versions are kept up to a number of names; past it the oldest goes first, and a
+    # reader of a dropped version goes on in the current one.
+    monkeypatch.setattr("overlayfuse.dirversions.ENDED_NAMES_KEPT", 6)
+    versions.changed(node)
+    third = versions.at(node, 0, lambda n: [b"c"])
+    assert versions.at(node, second.offset_after(2), lambda n: []) is second
+    assert versions.at(node, first.offset_after(2), lambda n: []) is third
