@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ UPPER = {"up": "file:upper", "dir/x": "file:x", "updir/y": "file:y"}
 DAY = 24 * 3600
 TICK = 0.05     # more than the kernel's timestamp granularity (a jiffy)
 
+
+
+def _mount(kind: str, stack: dict, options: tuple[str, ...],
+           mount_ofs: Callable[..., Overlay]) -> KernelOverlay | Overlay:
+    """Kernel overlayfs or overlayfuse on `stack`, with the same options."""
+    if kind == "kernel":
+        return KernelOverlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
+                             options=options)
+    return mount_ofs(stack, options=options)
 
 def _atime(path: Path) -> int:
     return os.stat(path).st_atime_ns
@@ -76,12 +86,7 @@ def test_atime_follows_the_mount_option_as_in_the_kernel(make_stack, mount_ofs, 
     for name in ("kernel", "ofs"):
         stack = make_stack(LOWERS, UPPER, name=name)
         options = tuple(option.split(",")) if option else ()
-        if name == "kernel":
-            mount = KernelOverlay(stack["lowers"], stack["upper"], stack["work"],
-                                  stack["merged"], options=options)
-        else:
-            mount = mount_ofs(stack, options=options)
-        with mount:
+        with _mount(name, stack, options, mount_ofs):
             results[name] = _scenario(stack["merged"], stack["lowers"][0])
     assert results["ofs"] == results["kernel"]
     # Not vacuous: each option lets some things move and keeps others still.
@@ -150,12 +155,7 @@ def test_a_warm_listing_moves_the_atime_after_a_change_of_the_dir_as_in_the_kern
     for name in ("kernel", "ofs"):
         stack = make_stack(DIR_LOWERS, DIR_UPPER, name=name)
         options = (option,) if option else ()
-        if name == "kernel":
-            mount = KernelOverlay(stack["lowers"], stack["upper"], stack["work"],
-                                  stack["merged"], options=options)
-        else:
-            mount = mount_ofs(stack, options=options)
-        with mount:
+        with _mount(name, stack, options, mount_ofs):
             merged = stack["merged"]
             results[name] = {what: _listed_after_a_change(merged, before, after, change)
                              for what, before, after, change in DIR_CHANGES}

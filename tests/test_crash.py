@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -318,16 +319,36 @@ def _diff(current: dict, candidates: list[dict]) -> str:
     return repr(parts)[:3000]
 
 
+def write_big_lower(stack: dict) -> Path:
+    """A 48 MiB file `big` in the top lower layer, each MiB numbered (a copy out of order
+    shows)."""
+    lower = stack["lowers"][0] / "big"
+    block = os.urandom(1 << 20)
+    with open(lower, "wb") as f:
+        for index in range(48):
+            f.write(index.to_bytes(8, "little") + block[8:])
+    return lower
+
+
+def kill_during(overlay: Overlay, action: Callable[[], None], delay: float) -> None:
+    """Run `action` in a thread and SIGKILL the daemon `delay` seconds after it started; the
+    action must end then (its calls fail once the connection is gone)."""
+    process = overlay.process
+    assert process is not None
+    thread = threading.Thread(target=action, daemon=True)
+    thread.start()
+    time.sleep(delay)
+    process.kill()
+    process.wait()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
 def test_sigkill_during_a_large_copy_up_at_many_offsets(make_stack, tmp_path: Path) -> None:
     """Kills spread over the whole of one big copy-up (data, xattrs, fsync, rename): the
     lower version or the complete copy, and an empty staging area after the remount."""
     stack = make_stack([{"small": "file:s"}])
-    lower = stack["lowers"][0] / "big"
-    size = 48 << 20
-    block = os.urandom(1 << 20)
-    with open(lower, "wb") as f:
-        for index in range(size >> 20):
-            f.write(index.to_bytes(8, "little") + block[8:])
+    lower = write_big_lower(stack)
     os.setxattr(lower, "user.keep", b"1")
     lower_sha = hashlib.sha256(lower.read_bytes()).hexdigest()
     rng = random.Random(SEED)
@@ -341,8 +362,6 @@ def test_sigkill_during_a_large_copy_up_at_many_offsets(make_stack, tmp_path: Pa
     for attempt in range(12 if SOAK else 4):
         with Overlay(stack["lowers"], stack["upper"], stack["work"],
                      stack["merged"]) as overlay:
-            process = overlay.process
-            assert process is not None
             errors: list[int] = []
 
             def writer() -> None:
@@ -352,13 +371,7 @@ def test_sigkill_during_a_large_copy_up_at_many_offsets(make_stack, tmp_path: Pa
                     os.close(fd)
                 except OSError as e:
                     errors.append(e.errno or -1)
-            thread = threading.Thread(target=writer, daemon=True)
-            thread.start()
-            time.sleep(rng.uniform(0.1, 1.6) * duration)
-            process.kill()
-            process.wait()
-            thread.join(timeout=30)
-            assert not thread.is_alive()
+            kill_during(overlay, writer, rng.uniform(0.1, 1.6) * duration)
         assert not errors or errors[0] in ENOTCONN_LIKE, errors
         with Overlay(stack["lowers"], stack["upper"], stack["work"],
                      stack["merged"]):
@@ -386,12 +399,7 @@ def test_sigkill_during_metadata_only_copy_ups_and_their_data_copy(make_stack) -
     crashed upper dir the same way."""
     names = [f"f{index:03}" for index in range(300)]
     stack = make_stack([{name: f"file:{name} " * 50 for name in names}])
-    lower = stack["lowers"][0] / "big"
-    size = 48 << 20
-    block = os.urandom(1 << 20)
-    with open(lower, "wb") as f:
-        for index in range(size >> 20):
-            f.write(index.to_bytes(8, "little") + block[8:])
+    lower = write_big_lower(stack)
     lower_data = lower.read_bytes()
     rng = random.Random(SEED)
     options = ["metacopy=on"]
@@ -399,20 +407,12 @@ def test_sigkill_during_metadata_only_copy_ups_and_their_data_copy(make_stack) -
     for attempt in range(6 if SOAK else 3):
         with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
                      options=options) as overlay:
-            process = overlay.process
-            assert process is not None
 
             def chmod_all() -> None:
                 with contextlib.suppress(OSError):
                     for name in names:
                         os.chmod(stack["merged"] / name, 0o600)
-            thread = threading.Thread(target=chmod_all, daemon=True)
-            thread.start()
-            time.sleep(rng.uniform(0.01, 0.3))
-            process.kill()
-            process.wait()
-            thread.join(timeout=30)
-            assert not thread.is_alive()
+            kill_during(overlay, chmod_all, rng.uniform(0.01, 0.3))
         with Overlay(stack["lowers"], stack["upper"], stack["work"], stack["merged"],
                      options=options) as overlay:
             assert os.listdir(stack["work"] / "work") == []
@@ -424,21 +424,13 @@ def test_sigkill_during_metadata_only_copy_ups_and_their_data_copy(make_stack) -
                     stack["lowers"][0] / name).read_bytes()
             outcomes["metadata copied"] += modes[0o600]
             os.chmod(stack["merged"] / "big", 0o600)
-            process = overlay.process
-            assert process is not None
 
-            def writer() -> None:
+            def write_big() -> None:
                 with contextlib.suppress(OSError):
                     fd = os.open(stack["merged"] / "big", os.O_WRONLY)
                     os.pwrite(fd, b"WRITTEN", 0)
                     os.close(fd)
-            thread = threading.Thread(target=writer, daemon=True)
-            thread.start()
-            time.sleep(rng.uniform(0.0, 0.5))
-            process.kill()
-            process.wait()
-            thread.join(timeout=30)
-            assert not thread.is_alive()
+            kill_during(overlay, write_big, rng.uniform(0.0, 0.5))
         views = []
         for mount in (Overlay, KernelOverlay):
             with mount(stack["lowers"], stack["upper"], stack["work"], stack["merged"],

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from overlayfuse.compare.fsops import apply_all
-from overlayfuse.compare.trees import build_layer, raw_snapshot, snapshot
+from overlayfuse.compare.trees import raw_snapshot, snapshot
 from overlayfuse.syscalls import RENAME_EXCHANGE
+from rotation import run_rotations
 
 METACOPY = ["metacopy=on"]
 BIG = 300 << 10       # bytes of each "big" lower file: its stub is clearly without data
@@ -234,32 +235,15 @@ def test_layer_rotation(tmp_path: Path, mount_ofs, mount_kernel) -> None:
         [("write", "b3", 0, "data"), ("read", "b3"), ("read", "e/f"), ("chmod", "e/f", 0o611),
          ("read", "big")],
     ]
-    results = {}
-    for kind, mount in (("kernel", mount_kernel), ("ofs", mount_ofs)):
-        base = tmp_path / kind
-        lowers = []
-        for index, spec in enumerate(reversed(LOWERS)):
-            build_layer(base / f"lower{index}", spec)
-            lowers.insert(0, str(base / f"lower{index}"))
-        _with_big_files({"lowers": lowers})
-        outcome = []
-        for number, ops in enumerate(rounds):
-            upper, work, merged = (base / f"upper{number}", base / f"work{number}",
-                                   base / "merged")
-            build_layer(upper, {})
-            work.mkdir()
-            merged.mkdir(exist_ok=True)
-            stack = {"lowers": list(lowers), "upper": str(upper), "work": str(work),
-                     "merged": str(merged)}
-            with mount(stack, options=METACOPY):
-                outcome.append((apply_all(merged, ops), snapshot(merged),
-                                _blocks_of_stubs(stack)))
-            outcome.append(raw_snapshot(upper))
-            lowers.insert(0, str(upper))
-        results[kind] = outcome
+    def observe(stack: dict, ops: list[tuple]) -> tuple:
+        return (apply_all(stack["merged"], ops), snapshot(stack["merged"]),
+                _blocks_of_stubs(stack), raw_snapshot(Path(stack["upper"])))
+
+    results = {kind: run_rotations(tmp_path / kind, LOWERS, {}, rounds, mount, observe,
+                                   METACOPY, lambda lowers: _with_big_files({"lowers": lowers}))
+               for kind, mount in (("kernel", mount_kernel), ("ofs", mount_ofs))}
     assert results["ofs"] == results["kernel"]
-    assert all(result.startswith("ok") for step in results["ofs"][::2]
-               for result in step[0])
+    assert all(result.startswith("ok") for step in results["ofs"] for result in step[0])
 
 
 def test_concurrent_opens_for_writing_copy_the_data_once(make_stack, mount_ofs) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from overlayfuse.compare.fsops import apply_all
-from overlayfuse.compare.trees import build_layer, raw_snapshot, snapshot
+from overlayfuse.compare.trees import raw_snapshot, snapshot
 from overlayfuse.syscalls import RENAME_EXCHANGE
+from rotation import run_rotations
 
 LOWERS = [
     {   # top lower
@@ -156,26 +157,10 @@ def test_layer_rotation(tmp_path: Path, mount_ofs, mount_kernel) -> None:
          ("listdir", "bb/d4"), ("listdir", "bb/d4/z"), ("read", "bb/d4/sub/deep")],
         [("rename", "bb/d4/sub", "sub"), ("listdir", "sub"), ("rmdir", "c")],
     ]
-    results = {}
-    for kind, mount in (("kernel", mount_kernel), ("ofs", mount_ofs)):
-        base = tmp_path / kind
-        lowers = []
-        for index, spec in enumerate(reversed(LOWERS)):
-            build_layer(base / f"lower{index}", spec)
-            lowers.insert(0, str(base / f"lower{index}"))
-        outcome = []
-        for number, ops in enumerate(rounds):
-            upper, work, merged = (base / f"upper{number}", base / f"work{number}",
-                                   base / "merged")
-            build_layer(upper, UPPER if number == 0 else {})
-            work.mkdir()
-            merged.mkdir(exist_ok=True)
-            stack = {"lowers": list(lowers), "upper": str(upper), "work": str(work),
-                     "merged": str(merged)}
-            with mount(stack):
-                outcome.append((apply_all(merged, ops), snapshot(merged)))
-            lowers.insert(0, str(upper))
-        results[kind] = outcome
+    results = {kind: run_rotations(
+        tmp_path / kind, LOWERS, UPPER, rounds, mount,
+        lambda stack, ops: (apply_all(stack["merged"], ops), snapshot(stack["merged"])))
+        for kind, mount in (("kernel", mount_kernel), ("ofs", mount_ofs))}
     assert results["ofs"] == results["kernel"]
     assert all(result.startswith("ok") for op_results, _ in results["ofs"]
                for result in op_results)
