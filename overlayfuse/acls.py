@@ -15,6 +15,8 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from .xattrs import optional_attr
+
 ACCESS = b"system.posix_acl_access"
 DEFAULT = b"system.posix_acl_default"
 
@@ -34,12 +36,7 @@ class Inherited:
 
 def read_default(path: bytes) -> bytes | None:
     """The default ACL of the directory at `path` (a /proc/self/fd path), or None."""
-    try:
-        return os.getxattr(path, DEFAULT)
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.EOPNOTSUPP):
-            return None
-        raise
+    return optional_attr(path, DEFAULT)
 
 
 def inherit(default_acl: bytes, mode: int) -> Inherited:

@@ -24,9 +24,10 @@ from .inodes import LowerData, Node, UpperDirState
 from .syscalls import (RENAME_NOREPLACE, OwnedFd, open_in, open_noatime, open_path,
                        proc_path, renameat2)
 from .tree import Tree
-from .xattrs import XattrNames
+from .xattrs import XattrNames, optional_attr
 
 FICLONE = 0x40049409
+CAPABILITY_XATTR = b"security.capability"
 COPY_CHUNK = 64 << 20
 INLINE_COPY = 128 << 10     # the largest file copied up without a worker thread
 
@@ -334,14 +335,14 @@ class CopyUp:
                 os.ftruncate(dst, 0)
             else:
                 with OwnedFd(self.tree.open_lower_data(data, os.O_RDONLY)) as src:
-                    capability = _capability(dst)
+                    capability = optional_attr(dst, CAPABILITY_XATTR)
                     if before.st_size <= INLINE_COPY:
                         copy_file_data(src, dst, before.st_size)
                     else:
                         await trio.to_thread.run_sync(copy_file_data, src, dst,
                                                       before.st_size)
                 # Writing drops file capabilities and (unless root) set-ID bits.
-                if capability is not None and capability != _capability(dst):
+                if capability is not None and capability != optional_attr(dst, CAPABILITY_XATTR):
                     os.setxattr(dst, CAPABILITY_XATTR, capability)
                 if os.fstat(dst).st_mode != before.st_mode:
                     os.fchmod(dst, stat.S_IMODE(before.st_mode))
@@ -369,14 +370,3 @@ class CopyUp:
             finally:
                 os.chmod(path, mode)
 
-
-CAPABILITY_XATTR = b"security.capability"
-
-
-def _capability(fd: int) -> bytes | None:
-    try:
-        return os.getxattr(fd, CAPABILITY_XATTR)
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.EOPNOTSUPP):
-            return None
-        raise

@@ -64,6 +64,17 @@ def get_attr(fd: int, name: bytes | None, attr: bytes) -> bytes:
     return os.getxattr(path, attr, follow_symlinks=follow)
 
 
+def optional_attr(target: int | bytes, attr: bytes) -> bytes | None:
+    """The value of `attr` of the object behind an fd or a path, or None where it has no
+    such attribute (or its filesystem no xattrs at all)."""
+    try:
+        return os.getxattr(target, attr)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.EOPNOTSUPP):
+            return None
+        raise
+
+
 def list_attrs(fd: int, name: bytes | None) -> list[bytes]:
     path, follow = proc_path(fd, name)
     return [os.fsencode(a) for a in os.listxattr(path, follow_symlinks=follow)]
