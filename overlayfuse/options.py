@@ -189,7 +189,8 @@ directory into one view, like kernel overlayfs. Without UPPER (or upperdir=) the
 read-only. See docs/usage.md.
 
 options:
-  -o OPTS           comma-separated mount options (lowerdir=, upperdir=, workdir=, FUSE
+  -o OPTS           comma-separated mount options (lowerdir=, upperdir=, workdir=,
+                    redirect_dir=on|follow|nofollow|off, metacopy=on|off, volatile, FUSE
                     options such as allow_other, ro); may be given several times
   -f, --foreground  stay in the foreground and log to stderr
   -d, --debug       log every request (implies --foreground unless --log-file is given)
