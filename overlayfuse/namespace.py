@@ -20,7 +20,7 @@ from .layers import empty_directory
 from .syscalls import (RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, OwnedFd, open_dir_path,
                        open_in, open_path, proc_path, renameat2)
 from .tree import NAME_MAX, Found, Tree
-from .whiteout import is_reserved_name, is_whiteout, make_whiteout, set_opaque
+from .whiteout import Whiteouts, is_reserved_name, is_whiteout, set_opaque
 
 # (uid, gid, mode, what a default ACL of the parent passes on) of a new object
 Owner = tuple[int, int, int, acls.Inherited | None]
@@ -49,6 +49,7 @@ class Namespace:
         self.copy_up = copy_up
         self.work = copy_up.work
         self.prefix = tree.stack.xattr_prefix
+        self.whiteouts = Whiteouts()
         self.euid, self.egid = os.geteuid(), os.getegid()
         self.umask = os.umask(0o022)
         os.umask(self.umask)
@@ -302,7 +303,7 @@ class Namespace:
         needs_whiteout = self.tree.lower_positive(parent, name)
         if not in_upper:
             if needs_whiteout:
-                make_whiteout(upper_fd, name)
+                self.whiteouts.make(upper_fd, name)
             return
         upper_st = os.stat(name, dir_fd=upper_fd, follow_symlinks=False)
         if needs_whiteout or stat.S_ISDIR(upper_st.st_mode):
@@ -310,7 +311,7 @@ class Namespace:
             # in one atomic step, then clean up in the work dir.
             temp = self.work.temp_name()
             if needs_whiteout:
-                make_whiteout(self.work.fd, temp)
+                self.whiteouts.make(self.work.fd, temp)
                 renameat2(self.work.fd, temp, upper_fd, name, RENAME_EXCHANGE)
             else:
                 renameat2(upper_fd, name, self.work.fd, temp, RENAME_NOREPLACE)
@@ -488,7 +489,7 @@ class Namespace:
                 renameat2(old_fd, old_name, new_fd, new_name, RENAME_WHITEOUT)
             except PermissionError:
                 renameat2(old_fd, old_name, new_fd, new_name)
-                make_whiteout(old_fd, old_name)
+                self.whiteouts.make(old_fd, old_name)
         else:
             renameat2(old_fd, old_name, new_fd, new_name)
         table = self.tree.table

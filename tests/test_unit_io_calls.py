@@ -151,3 +151,36 @@ async def test_a_small_copy_up_asks_once_for_a_reflink_and_makes_no_needless_cal
         assert (upper / "d/a").read_text() == "a" * 3000
         assert (upper / "d/b").read_text() == "b" * 5000
     assert calls == Counter({"ioctl": 1})
+
+
+@needs_root
+def test_whiteouts_share_one_inode_as_the_kernels_do(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link costs far less than a new inode; a whiteout made where the shared one has
+    lost all its names, or has all the links it can take, is a new one to share."""
+    lowers = [{f"d/f{i}": "file:lower" for i in range(6)}]
+    with core(tmp_path, lowers) as ov:
+        names = _namespace(ov)
+        upper = ov.paths["upper"] / "d"
+        for i in range(3):
+            names.unlink(ov.node("d"), b"f%d" % i)
+        inodes = {os.lstat(upper / f"f{i}").st_ino for i in range(3)}
+        assert len(inodes) == 1
+        assert os.lstat(upper / "f0").st_nlink == 3
+        for i in range(3):
+            os.unlink(upper / f"f{i}")      # the shared inode has no name left
+        names.unlink(ov.node("d"), b"f3")
+        real_link = os.link
+
+        def full(*args: Any, **kwargs: Any) -> None:
+            raise OSError(errno.EMLINK, "too many links")
+
+        monkeypatch.setattr(os, "link", full)
+        names.unlink(ov.node("d"), b"f4")
+        monkeypatch.setattr(os, "link", real_link)
+        names.unlink(ov.node("d"), b"f5")
+        made = [os.lstat(upper / f"f{i}") for i in (3, 4, 5)]
+        assert all(stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 for st in made)
+        assert made[0].st_ino != made[1].st_ino == made[2].st_ino
+        assert ov.names("d") == ["f0", "f1", "f2"]     # only their whiteouts were removed
+        names.whiteouts.close()
