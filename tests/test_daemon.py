@@ -496,8 +496,8 @@ class _RecordingLoop(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def test_the_daemon_loads_the_runtime_without_the_cyclic_collector(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # It would walk the modules being loaded again and again and free none of them; they
-    # stay out of later collections (frozen), and the daemon serves with the collector on.
+    # It would walk the modules being loaded again and again and free almost none of them;
+    # they stay out of later collections (frozen), and the daemon serves with the collector on.
     from overlayfuse import daemon
     loop = _RecordingLoop()
     monkeypatch.setattr(sys, "meta_path", [loop, *sys.meta_path])
