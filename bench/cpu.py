@@ -6,7 +6,9 @@ this process and reads the daemon's utime + stime from /proc/PID/stat before and
 
 - `stat`: an lstat of every visible file (a LOOKUP each, and one per dir);
 - `readdir`: a scandir of every dir (OPENDIR, READDIRPLUS, RELEASEDIR; a LOOKUP per entry);
-- `read`: open, read and close of every 5th file (LOOKUP, OPEN, READ, RELEASE).
+- `read`: open, read and close of every 5th file (LOOKUP, OPEN, READ, RELEASE);
+- `walk`: os.walk of the mount and an lstat of every file found (per dir: READDIRPLUS
+  and its LOOKUPs, as `du` does).
 
 The figure is the daemon's CPU divided by the files (or dirs) the workload touched. Rounds
 of the implementations alternate, so a change in the machine's load falls on all of them.
@@ -36,11 +38,11 @@ from pathlib import Path
 
 from . import impls
 from .stacks import MainSpec, Stack, build_main
-from .worker import op_read, op_readdir, op_stat
+from .worker import op_read, op_readdir, op_stat, op_walk
 
 TICK = os.sysconf("SC_CLK_TCK")
 WORKLOADS = {"stat": ("files", op_stat), "readdir": ("dirs", op_readdir),
-             "read": ("read", op_read)}
+             "read": ("read", op_read), "walk": ("dirs", op_walk)}
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
