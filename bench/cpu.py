@@ -7,6 +7,8 @@ this process and reads the daemon's utime + stime from /proc/PID/stat before and
 - `stat`: an lstat of every visible file (a LOOKUP each, and one per dir);
 - `readdir`: a scandir of every dir (OPENDIR, READDIRPLUS, RELEASEDIR; a LOOKUP per entry);
 - `read`: open, read and close of every 5th file (LOOKUP, OPEN, READ, RELEASE);
+- `walk`: os.walk of the mount and an lstat of every file found (per dir: READDIRPLUS
+  and its LOOKUPs, as `du` does);
 - `create`: create, write 1 KiB and close of 3,000 new files in 30 lower dirs (LOOKUP,
   CREATE, WRITE, RELEASE, and a GETATTR of the changed dir);
 - `writes`: 20,000 appends of 8 bytes each to one new file (a WRITE each);
@@ -16,7 +18,8 @@ this process and reads the daemon's utime + stime from /proc/PID/stat before and
 
 The figure is the daemon's CPU divided by the files (dirs, writes) the workload touched.
 Rounds of the implementations alternate, so a change in the machine's load falls on all of
-them. The floor serves only `stat`, `readdir` and `read` (it has nothing to write to).
+them. The floor serves only `stat`, `readdir`, `read` and `walk` (it has nothing to write
+to).
 
     python -m bench.cpu [--rounds N] [--workloads stat,readdir] NAME=COMMAND ...
 
@@ -50,11 +53,12 @@ APPENDS = 20_000
 # workload: (the list of names it works on, the worker's op, extra request fields)
 WORKLOADS: dict[str, tuple[str | None, str, dict[str, object]]] = {
     "stat": ("files", "stat", {}), "readdir": ("dirs", "readdir", {}),
-    "read": ("read", "read", {}), "create": ("create", "create", {"size": 1024}),
+    "read": ("read", "read", {}), "walk": ("dirs", "walk", {}),
+    "create": ("create", "create", {"size": 1024}),
     "writes": (None, "appends", {"writes": APPENDS}), "copyup": ("copyup", "copyup", {}),
     "unlink": ("unlink", "unlink", {}),
 }
-FLOOR_WORKLOADS = {"stat", "readdir", "read"}
+FLOOR_WORKLOADS = {"stat", "readdir", "read", "walk"}
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -102,7 +106,7 @@ def one_round(command: str, stack: Stack, workload: str, scratch: Path, serial: 
         if result.get("errors"):
             raise RuntimeError(f"{command}: {workload}: {result}")
         system = system_after - system
-        items = result["count"]
+        items = len(paths) or result["count"]     # (walk: per dir; writes: per write)
         return (user_after - user + system) / items * 1e6, system / items * 1e6
     finally:
         impls.unmount(m)

@@ -25,7 +25,14 @@ FLOOR = "floor"
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The overlayfuse command to time: run.py sets the benchmark's non-editable install of this
+# checkout (bench/install.py); unset, the one beside this interpreter, then the one on PATH.
+command: str | None = None
+
+
 def overlayfuse_binary() -> str:
+    if command is not None:
+        return command
     beside = Path(sys.executable).parent / "overlayfuse"
     if beside.exists():
         return str(beside)

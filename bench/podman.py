@@ -4,10 +4,12 @@ with podman's native overlay (kernel overlayfs in the user's namespace).
 
 The user, its subordinate ids and podman configuration, and the offline busybox image come
 from tests/test_rootless_podman.py (its `User`, `_rootfs_tarball` and `CONTAINERFILE`), under
-a user name of its own so that the test and the benchmark can run at once. The user cannot
-run this worktree's `.venv` (its interpreter may sit where only root can read), so
-overlayfuse's mount program is a wrapper that runs the installed command's interpreter
-(`/usr/local/bin/overlayfuse`, which carries pyfuse3 and trio) on this checkout's package.
+a user name of its own so that the test and the benchmark can run at once. overlayfuse's mount
+program is the benchmark's non-editable install of this checkout (bench/install.py), on an
+interpreter every user can run. With `--editable` (the user cannot run this worktree's `.venv`:
+its interpreter may sit where only root can read) it is a wrapper that runs the installed
+command's interpreter (`/usr/local/bin/overlayfuse`, which carries pyfuse3 and trio) on this
+checkout's package.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from . import impls as implementations
 from .impls import FUSE_OVERLAYFS, KERNEL, OVERLAYFUSE
 from .phases import Metric
 
@@ -70,7 +73,7 @@ def unavailable() -> str | None:
                if shutil.which(cmd) is None]
     if missing:
         return f"needs the Debian packages {' '.join(missing)}"
-    if not os.access(INSTALLED, os.X_OK):
+    if implementations.command is None and not os.access(INSTALLED, os.X_OK):
         return f"{INSTALLED} is not installed (scripts/setup installs it)"
     return None
 
@@ -118,8 +121,8 @@ def run(spec: PodmanSpec, impls: list[str], log: Callable[[str], None],
     """Time each implementation; returns the overlayfuse mount program used."""
     rootless = _rootless_module()
     with _user() as (user, base):
-        programs = {OVERLAYFUSE: str(_wrapper(base)), FUSE_OVERLAYFS: shutil.which(
-            "fuse-overlayfs"), KERNEL: None}
+        programs = {OVERLAYFUSE: implementations.command or str(_wrapper(base)),
+                    FUSE_OVERLAYFS: shutil.which("fuse-overlayfs"), KERNEL: None}
         (user.home / "Containerfile").write_text(rootless.CONTAINERFILE)
         for impl in impls:
             user.stop_podman()

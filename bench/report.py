@@ -135,6 +135,15 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
+def _command_timed(cfg: dict[str, Any]) -> str:
+    command = cfg.get("overlayfuse_command")
+    if command is None:
+        return "the `.venv`'s editable command" + (" (`--editable`)" if cfg.get("editable")
+                                                   else "")
+    return (f"`{command}`, a non-editable install of this checkout on Python "
+            f"{cfg.get('overlayfuse_python', '?')} (bench/install.py)")
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
@@ -412,8 +421,10 @@ def _podman_part(results: dict[str, Any]) -> list[str]:
         f"Containerfile {_n(spec.get('builds', 1), 'time')} (median). overlayfuse and "
         "fuse-overlayfs as `mount_program`; *native* is podman's own overlay driver (kernel "
         "overlayfs in the user's namespace). overlayfuse's mount program was "
-        f"`{results.get('podman_mount_program')}`, a wrapper running this checkout with the "
-        "installed command's interpreter.",
+        f"`{results.get('podman_mount_program')}`"
+        + (", a wrapper running this checkout with the installed command's interpreter."
+           if results["config"].get("editable", True) else
+           ", the benchmark's non-editable install of this checkout (bench/install.py)."),
         "",
         markdown(head, rows),
         "",
@@ -523,6 +534,7 @@ def document(results: dict[str, Any], png: str | None) -> str:
             ["pyfuse3 / trio / libfuse", f"{m['pyfuse3']} / {m['trio']} / {m['libfuse']}"],
             ["fuse-overlayfs", m["fuse_overlayfs"]],
             ["overlayfuse", m["overlayfuse"]],
+            ["overlayfuse command timed", _command_timed(cfg)],
             ["layers on", m["filesystem"]],
             ["load average (1 min) during the run",
              f"min {load['min']:.2f}, median {load['median']:.2f}, max {load['max']:.2f}"],

@@ -25,7 +25,7 @@ from typing import Any
 
 from overlayfuse import mounts
 
-from . import chown, concurrency, impls, podman, report, workloads
+from . import chown, concurrency, impls, install, podman, report, workloads
 from .phases import PHASES, REPEAT_WALKS, Phase, Step
 from .stacks import MainSpec, ScaleSpec, Stack, build_main, build_scale
 
@@ -372,6 +372,10 @@ class Bench:
             "podman": asdict(cfg["podman"]),
             "scale": [asdict(s) for s in scale_specs] if scale_stacks else [],
             "impls": self.args.impls, "dir": str(self.base),
+            "overlayfuse_command": impls.command,
+            "overlayfuse_python": None if impls.command is None
+            else install.python_version(Path(impls.command)),
+            "editable": self.args.editable,
             "visible_files": main.count("files"), "dirs": main.count("dirs"),
             "missing_names": main.count("missing"),
         }
@@ -495,6 +499,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run only this phase (repeatable): " + ", ".join(names))
     p.add_argument("--impl", dest="impls", action="append", choices=impls.ALL,
                    help="benchmark only this implementation (repeatable)")
+    p.add_argument("--editable", action="store_true",
+                   help="time the .venv's editable overlayfuse command instead of installing "
+                        "this checkout as users do (bench/install.py)")
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                    help=f"where the layers and mounts live (default {DEFAULT_DIR}); on a real "
                    "disk filesystem, not tmpfs, so that dropping caches means something")
@@ -538,9 +545,16 @@ def main(argv: list[str] | None = None) -> int:
         config["scale_rounds_large"] = args.scale_rounds_large
     if args.scale_files:
         config["scale_files"] = tuple(args.scale_files)
-    # The daemon and the podman wrapper import the package from this checkout: without
-    # bytecode there (PYTHONDONTWRITEBYTECODE, or a fresh clone) every mount would compile it.
+    # With --editable the daemon imports the package from this checkout: without bytecode
+    # there (PYTHONDONTWRITEBYTECODE, or a fresh clone) every mount would compile it.
     compileall.compile_dir(REPO / "overlayfuse", quiet=1)
+    if impls.OVERLAYFUSE in args.impls and not args.editable:
+        try:
+            impls.command = str(install.installed_command(
+                lambda message: print(f"bench: {message}", file=sys.stderr, flush=True)))
+        except (install.InstallError, OSError) as e:
+            print(f"bench: cannot install this checkout: {e}", file=sys.stderr)
+            return 1
     bench = Bench(args, config, out)
     try:
         results = bench.run()

@@ -4,6 +4,7 @@ failure ends it. The command has returned by now (unless -f), so failures go to 
 
 from __future__ import annotations
 
+import gc
 import logging
 import logging.handlers
 import os
@@ -50,11 +51,20 @@ def run(stack: Stack, options: MountOptions, fuse: FuseMount, log_fd: int | None
 
 
 def _serve(stack: Stack, options: MountOptions, fuse: FuseMount) -> int:
+    # Requests wait while the runtime loads. The cyclic collector would run some 60 times
+    # meanwhile (9% of the load's CPU) and find little to free (about 550 KB, mostly classes
+    # that attrs and slotted dataclasses build twice): what the runtime is made of stays for
+    # the daemon's life. So it waits, and then leaves all of it out of every later collection
+    # (frozen) instead of walking it again in each full one; those 550 KB stay too.
+    gc.disable()
     try:
         from .loop import serve
     except ImportError as e:
         log.error("cannot load the FUSE runtime: %s", e)
         return 1
+    finally:
+        gc.freeze()
+        gc.enable()
     log.info("serving %s", stack.mountpoint)
     try:
         serve(stack, options, fuse)

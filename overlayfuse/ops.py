@@ -320,19 +320,24 @@ class Operations(pyfuse3.Operations):
                 handle.snapshot = self.dir_versions.current(node, self.tree.list_names)
             snapshot = handle.snapshot
         names = snapshot.names
-        upper_names = self.tree.upper_names(node)
+        listings = self.tree.readdir_listings(node)
+        lookup = self.tree.lookup
+        looked_up = self.tree.table.looked_up
+        entry = self._entry
+        reply = pyfuse3.readdir_reply
+        offset_after = snapshot.offset_after
         start = snapshot.index_at(start_id)
         skipped = 0
         for index in range(start, len(names)):
             name = names[index]
             if index < 2:
                 target = node if index == 0 else (node.parent or self.tree.root)
-                if not pyfuse3.readdir_reply(token, name, self._entry(target, self.tree.stat(target)),
-                                             snapshot.offset_after(index)):
+                if not reply(token, name, entry(target, self.tree.stat(target)),
+                             offset_after(index)):
                     return
                 continue
             try:
-                found = self.tree.lookup(node, name, upper_names)
+                found = lookup(node, name, listings)
             except OSError as e:
                 if e.errno == errno.EPERM:
                     # What lookups are refused to follow (a redirect under nofollow, a
@@ -340,18 +345,16 @@ class Operations(pyfuse3.Operations):
                     skipped += 1
                     continue
                 # Listed all the same, as the kernel does (a lookup then gives the error).
-                if not pyfuse3.readdir_reply(token, name, self._unreachable_entry(),
-                                             snapshot.offset_after(index)):
+                if not reply(token, name, self._unreachable_entry(), offset_after(index)):
                     return
                 continue
             if found is None:
                 skipped += 1
                 continue
             child, st = found
-            if not pyfuse3.readdir_reply(token, name, self._entry(child, st),
-                                         snapshot.offset_after(index)):
+            if not reply(token, name, entry(child, st), offset_after(index)):
                 return
-            self.tree.table.looked_up(child)
+            looked_up(child)
         if skipped >= len(names) - start and self.listing_expiry is not None:
             # An empty answer: the kernel now holds the listing complete.
             await self._listing_completed(node)

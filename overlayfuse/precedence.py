@@ -99,10 +99,16 @@ def visible_names(listings: Iterable[Listing], xwhiteouts_count: bool = False
         decided.update(listing.whiteouts)
 
 
+def topmost(listings: Iterable[Listing], name: bytes) -> tuple[int, Said]:
+    """The topmost word about `name` in these layers (top first), and the position of the
+    layer that says it; (-1, NOT_SAID) where none says anything."""
+    for position, listing in enumerate(listings):
+        said = listing.says(name)
+        if said[0] != NOTHING:
+            return position, said
+    return -1, NOT_SAID
+
+
 def shown(listings: Iterable[Listing], name: bytes) -> bool:
     """Whether these layers (top first) show `name`: its topmost word is an entry."""
-    for listing in listings:
-        said = listing.says(name)[0]
-        if said != NOTHING:
-            return said != WHITEOUT
-    return False
+    return topmost(listings, name)[1][0] not in (NOTHING, WHITEOUT)

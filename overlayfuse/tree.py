@@ -23,7 +23,7 @@ from .layers import Layer, Stack
 from .listing import Listing, ListingCache, read_listing
 from .origin import Origins
 from .precedence import (DIR, NONDIR, NOT_SAID, NOTHING, WHITED_OUT, WHITEOUT, Said,
-                         resolve_name, shown, visible_names)
+                         resolve_name, shown, topmost, visible_names)
 from .syscalls import OwnedFd, open_dir_path, open_dir_walk, open_noatime, xattr_names
 from .whiteout import (OCI_OPAQUE_MARKER, has_opaque_xattr, is_reserved_name, is_whiteout,
                        oci_target)
@@ -154,12 +154,11 @@ class Tree:
             self.listings.put(key, listing)
         return listing
 
-    def upper_names(self, node: Node) -> Listing | None:
-        """The upper part of `node`'s listing, read now for a readdir (which moves the upper
-        dir's atime as the mount's atime policy says); None if it has no upper part."""
-        if node.in_upper:
-            return self.upper_listing(node, touch_atime=self.stack.atime.touches_dirs)
-        return None
+    def readdir_listings(self, node: Node) -> list[Listing]:
+        """The listing of each layer of `node`, top first, for a readdir: the upper one read
+        now (which moves the upper dir's atime as the mount's atime policy says)."""
+        return [self.upper_listing(node, touch_atime=self.stack.atime.touches_dirs)
+                if layer.upper else self.lower_listing(node, layer) for layer in node.layers]
 
     def upper_listing(self, node: Node, touch_atime: bool = False) -> Listing:
         listing = read_listing(self.dir_fd(node, node.top_layer), lower=False,
@@ -196,15 +195,28 @@ class Tree:
 
     # ---- resolution ----------------------------------------------------------------------
 
-    def resolve(self, parent: Node, name: bytes, upper_names: Listing | None = None
+    def resolve(self, parent: Node, name: bytes, listings: Sequence[Listing] | None = None
                 ) -> Found | None:
         """Resolve `name` in the merged directory `parent`: None if it does not exist.
-        `upper_names`, a listing of the parent's upper dir read in this same request, spares
-        the stat of a name it does not hold."""
+        `listings`, the parent's (`readdir_listings`) read in this same request, spare the
+        stat of a name its upper dir does not hold."""
         if len(name) > NAME_MAX:
             raise OSError(errno.ENAMETOOLONG, "name too long")
         if is_reserved_name(name):
             return None         # a marker's own name, in any layer
+        upper_names = listings[0] if listings is not None and parent.in_upper else None
+        if listings is not None or not parent.in_upper:
+            # The topmost word, asked of the listings alone, settles most names without a
+            # walk: no entry or a whiteout (no such name), or a lower non-dir.
+            position, (said, ino, _) = topmost(
+                self._listings(parent) if listings is None else listings, name)
+            if said == NOTHING or said == WHITEOUT:
+                return None
+            layer = parent.layers[position]
+            if said == NONDIR and not layer.upper:
+                st = self._lower_stat(parent, layer, name, ino)
+                if not (self.read_redirects and metacopy.may_be_marked(st, self.stack.metacopy)):
+                    return Found((layer,), (ino,), st)
 
         walk = _Walk(self, parent, name, upper_names)
         resolved = resolve_name(parent.layers, walk.ask, walk.continues_below, walk.collected)
@@ -346,11 +358,11 @@ class Tree:
         value = self.listing_below(layer, d_ino, base, rel).redirect
         return None if value is None else redirect.check(value)
 
-    def lookup(self, parent: Node, name: bytes, upper_names: Listing | None = None
+    def lookup(self, parent: Node, name: bytes, listings: Sequence[Listing] | None = None
                ) -> tuple[Node, os.stat_result] | None:
         """Resolve `name` and return its node (made or re-used) and stat. Does not count a
         FUSE lookup: the caller does, once the kernel has been answered."""
-        found = self.resolve(parent, name, upper_names)
+        found = self.resolve(parent, name, listings)
         if found is None:
             return None
         return self.node_for(parent, name, found), found.st

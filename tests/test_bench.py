@@ -49,8 +49,17 @@ def test_quick_bench_gives_a_result_per_implementation(tmp_path: Path) -> None:
     for impl in with_metacopy:     # a metadata-only copy-up writes none of the file's data
         copied = results["samples"]["upper_big_mib"][impl][0]
         assert results["samples"]["upper_big_mib_metacopy"][impl][0] < copied / 10
+    # The command timed is this checkout installed as users install it, not the editable one.
+    command = Path(results["config"]["overlayfuse_command"])
+    assert not command.is_relative_to(REPO)
+    imported = subprocess.run([str(command.parent / "python"), "-c",
+                               "import overlayfuse; print(overlayfuse.__file__)"],
+                              capture_output=True, text=True, check=True, cwd="/"
+                              ).stdout.strip()
+    assert Path(imported).is_relative_to(command.parent.parent)
     report = (out / "report.md").read_text()
     assert "overlayfuse / floor" in report
+    assert "a non-editable install of this checkout" in report
     assert "overlayfuse metacopy / overlayfuse" in report
     run_dir = tmp_path / "layers" / "run"
     assert not any(mounts.is_mounted(d / "mnt") for d in run_dir.iterdir())

@@ -10,6 +10,10 @@ and only ever signalled by that pid.
 
 from __future__ import annotations
 
+import gc
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
 import os
 import selectors
@@ -18,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -464,6 +469,49 @@ def test_the_command_leaves_the_runtime_to_the_daemon(stack: dict, reaped: list)
     pid = the_daemon(merged, reaper)
     mounts.unmount(merged)
     assert reaper.exit_code(pid) == 0
+
+
+class _RecordingLoop(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Stands in for overlayfuse.loop: records the cyclic collector's state while the daemon
+    loads it and once it serves."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, object] = {}
+
+    def find_spec(self, name: str, path: object, target: object = None
+                  ) -> importlib.machinery.ModuleSpec | None:
+        return importlib.util.spec_from_loader(name, self) if name == "overlayfuse.loop" else None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self.seen["loading"] = gc.isenabled()
+
+        def serve(*args: object) -> None:
+            self.seen["serving"] = gc.isenabled()
+            self.seen["frozen"] = gc.get_freeze_count()
+        module.serve = serve        # type: ignore[attr-defined]
+
+
+def test_the_daemon_loads_the_runtime_without_the_cyclic_collector(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # It would walk the modules being loaded again and again and free almost none of them;
+    # they stay out of later collections (frozen), and the daemon serves with the collector on.
+    from overlayfuse import daemon
+    loop = _RecordingLoop()
+    monkeypatch.setattr(sys, "meta_path", [loop, *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "overlayfuse.loop", raising=False)
+    monkeypatch.delattr(overlayfuse, "loop", raising=False)
+    try:
+        stack = types.SimpleNamespace(mountpoint="/nowhere")
+        assert daemon._serve(stack, None, None) == 0    # type: ignore[arg-type]
+    finally:
+        gc.unfreeze()
+    assert loop.seen["loading"] is False
+    assert loop.seen["serving"] is True
+    assert isinstance(loop.seen["frozen"], int) and loop.seen["frozen"] > 0
+    assert gc.isenabled()
 
 
 def test_the_command_script_and_package_leave_re_and_enum_alone() -> None:

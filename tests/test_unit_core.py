@@ -17,7 +17,7 @@ from overlayfuse.inodes import ROOT_INO, SYNTHETIC_BASE, Node, NodeTable
 from overlayfuse.layers import Layer
 from overlayfuse.listing import Listing, read_listing
 from overlayfuse.precedence import (DIR, NONDIR, NOT_SAID, WHITED_OUT, resolve_name, shown,
-                                    visible_names)
+                                    topmost, visible_names)
 from overlayfuse.whiteout import is_reserved_name, is_whiteout, oci_target
 from layerspec import build_layer
 from unit_stack import core
@@ -102,6 +102,17 @@ def test_visible_names_are_the_topmost_entries_in_layer_order() -> None:
     assert not shown(listings, b"nowhere")
 
 
+def test_topmost_says_the_first_word_and_which_layer_said_it() -> None:
+    listings = [_fake_listing({"u": "file"}, whiteouts="gone"),
+                _fake_listing({"gone": "file", "d": "dir"}),
+                _fake_listing({"d": "file", "low": "file"})]
+    assert topmost(listings, b"u") == (0, (NONDIR, 100, None))
+    assert topmost(listings, b"gone") == (0, WHITED_OUT)
+    assert topmost(listings, b"d") == (1, (DIR, 101, None))
+    assert topmost(listings, b"low") == (2, (NONDIR, 101, None))
+    assert topmost(listings, b"nowhere") == (-1, NOT_SAID)
+
+
 def test_a_topmost_xattr_whiteout_counts_for_rmdir_only() -> None:
     listings = [_fake_listing({}, xwhiteouts="x"), _fake_listing({"x": "file"})]
     assert list(visible_names(listings)) == []
@@ -157,6 +168,36 @@ def test_the_top_layer_wins_and_markers_hide_below(tmp_path: Path, upper: bool) 
         assert ov.names() == ["a", "b", "merged", "oopq", "opq"]
         assert ov.names("merged") == ["b", "t"]
         assert ov.names("opq") == ["new"] and ov.names("oopq") == []
+
+
+@needs_root
+def test_a_readdir_resolves_each_name_as_a_lookup_does(tmp_path: Path) -> None:
+    """With the listings of a readdir, names are settled by their topmost word where they
+    can be; the root (it has an upper part) is otherwise resolved by the full walk."""
+    upper = {"u": "file:u", "gone": "whiteout", "oci": "oci-whiteout", "opq": "opaque",
+             "merged/t": "file:t", "over": "file:over", "empty": "dir"}
+    middle = {"mid": "file:m", "merged/m": "file:m", "over": "dir", "dirfile": "dir",
+              "low": "whiteout", "link": "symlink:mid"}
+    bottom = {"gone": "file:g", "oci": "file:o", "opq/old": "file:o", "low": "file:l",
+              "dirfile": "file:f", "bottom": "file:b", "merged/b": "file:b", "mid": "file:x"}
+    with core(tmp_path, [middle, bottom], upper) as ov:
+        tree = ov.tree
+        root = tree.root
+        listings = tree.readdir_listings(root)
+        names = tree.list_names(root)
+        assert sorted(names) == [b"bottom", b"dirfile", b"empty", b"link", b"merged", b"mid",
+                                 b"opq", b"over", b"u"]
+        for name in [*names, b"gone", b"oci", b"low", b"nowhere", b".wh.oci"]:
+            walked = tree.resolve(root, name)
+            listed = tree.resolve(root, name, listings)
+            if walked is None:
+                assert listed is None, name
+                continue
+            assert listed is not None, name
+            assert (listed.layers, listed.real_inos, listed.st.st_ino, listed.lower_paths,
+                    listed.redirect, listed.lower_data) == \
+                (walked.layers, walked.real_inos, walked.st.st_ino, walked.lower_paths,
+                 walked.redirect, walked.lower_data), name
 
 
 def test_a_file_above_ends_the_dir_below(tmp_path: Path) -> None:
