@@ -8,10 +8,18 @@ this process and reads the daemon's utime + stime from /proc/PID/stat before and
 - `readdir`: a scandir of every dir (OPENDIR, READDIRPLUS, RELEASEDIR; a LOOKUP per entry);
 - `read`: open, read and close of every 5th file (LOOKUP, OPEN, READ, RELEASE);
 - `walk`: os.walk of the mount and an lstat of every file found (per dir: READDIRPLUS
-  and its LOOKUPs, as `du` does).
+  and its LOOKUPs, as `du` does);
+- `create`: create, write 1 KiB and close of 3,000 new files in 30 lower dirs (LOOKUP,
+  CREATE, WRITE, RELEASE, and a GETATTR of the changed dir);
+- `writes`: 20,000 appends of 8 bytes each to one new file (a WRITE each);
+- `copyup`: open for appending, write 1 byte and close of 1,000 lower files (LOOKUP, OPEN
+  with the copy-up, WRITE, RELEASE);
+- `unlink`: unlink of 1,000 lower files (LOOKUP, UNLINK: a whiteout each).
 
-The figure is the daemon's CPU divided by the files (or dirs) the workload touched. Rounds
-of the implementations alternate, so a change in the machine's load falls on all of them.
+The figure is the daemon's CPU divided by the files (dirs, writes) the workload touched.
+Rounds of the implementations alternate, so a change in the machine's load falls on all of
+them. The floor serves only `stat`, `readdir`, `read` and `walk` (it has nothing to write
+to).
 
     python -m bench.cpu [--rounds N] [--workloads stat,readdir] NAME=COMMAND ...
 
@@ -38,11 +46,19 @@ from pathlib import Path
 
 from . import impls
 from .stacks import MainSpec, Stack, build_main
-from .worker import op_read, op_readdir, op_stat, op_walk
+from .worker import OPS
 
 TICK = os.sysconf("SC_CLK_TCK")
-WORKLOADS = {"stat": ("files", op_stat), "readdir": ("dirs", op_readdir),
-             "read": ("read", op_read), "walk": ("dirs", op_walk)}
+APPENDS = 20_000
+# workload: (the list of names it works on, the worker's op, extra request fields)
+WORKLOADS: dict[str, tuple[str | None, str, dict[str, object]]] = {
+    "stat": ("files", "stat", {}), "readdir": ("dirs", "readdir", {}),
+    "read": ("read", "read", {}), "walk": ("dirs", "walk", {}),
+    "create": ("create", "create", {"size": 1024}),
+    "writes": (None, "appends", {"writes": APPENDS}), "copyup": ("copyup", "copyup", {}),
+    "unlink": ("unlink", "unlink", {}),
+}
+FLOOR_WORKLOADS = {"stat", "readdir", "read", "walk"}
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -75,20 +91,23 @@ def mount(command: str, stack: Stack, scratch: Path, serial: int) -> impls.Mount
 def one_round(command: str, stack: Stack, workload: str, scratch: Path, serial: int
               ) -> tuple[float, float]:
     """The daemon's CPU (user + system, and system alone) per item of the workload, in µs."""
-    names, op = WORKLOADS[workload]
+    names, op, extra = WORKLOADS[workload]
     m = mount(command, stack, scratch, serial)
     try:
-        with open(stack.lists[names], encoding="utf-8") as f:
-            paths = [str(m.mnt / line.strip()) for line in f if line.strip()]
+        paths = []
+        if names is not None:
+            with open(stack.lists[names], encoding="utf-8") as f:
+                paths = [str(m.mnt / line.strip()) for line in f if line.strip()]
         drop_caches()
         assert m.pid is not None
         user, system = cpu_seconds(m.pid)
-        result = op(paths, {"root": str(m.mnt)})
+        result = OPS[op](paths, {"root": str(m.mnt), **extra})
         user_after, system_after = cpu_seconds(m.pid)
         if result.get("errors"):
             raise RuntimeError(f"{command}: {workload}: {result}")
         system = system_after - system
-        return (user_after - user + system) / len(paths) * 1e6, system / len(paths) * 1e6
+        items = len(paths) or result["count"]     # (walk: per dir; writes: per write)
+        return (user_after - user + system) / items * 1e6, system / items * 1e6
     finally:
         impls.unmount(m)
 
@@ -158,6 +177,8 @@ def main() -> int:
         for _ in range(args.rounds):
             for workload in args.workloads.split(","):
                 for name, command in named:
+                    if command == impls.FLOOR and workload not in FLOOR_WORKLOADS:
+                        continue
                     serial += 1
                     results.setdefault((name, workload), []).append(
                         one_round(command, stack, workload, scratch, serial))

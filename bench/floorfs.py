@@ -3,7 +3,8 @@ trio and mount options as overlayfuse.
 
 It shows a fixed tree, the names of a stack's lists (every visible file and dir), and answers
 LOOKUP and GETATTR from a dict built at start, READDIR(PLUS) from a list per directory, and a
-missing name with a negative entry, as overlayfuse does. Nothing touches a disk. A metadata
+missing name with a negative entry, as overlayfuse does; a file (1 KiB each) opens and reads
+zeros, and FLUSH is refused with ENOSYS as overlayfuse does. Nothing touches a disk. A metadata
 phase timed on it costs the FUSE round trips and nothing of overlay logic, so overlayfuse's
 time over the floor's is its per-request cost over the least possible (bench/phases.py).
 
@@ -83,6 +84,19 @@ class FloorFS(pyfuse3.Operations):
                 return
 
     async def releasedir(self, fh: int) -> None:
+        return None
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext
+                   ) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return bytes(max(0, min(size, self.attrs[fh].st_size - off)))
+
+    async def flush(self, fh: int) -> None:
+        raise pyfuse3.FUSEError(errno.ENOSYS)
+
+    async def release(self, fh: int) -> None:
         return None
 
 

@@ -10,6 +10,7 @@ made in the request's own task, where it costs less than the hand-off to a threa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -75,15 +76,18 @@ def copy_xattrs(names: XattrNames, src: tuple[int, bytes | None], dst: tuple[int
                 raise
 
 
-def copy_file_data(src: int, dst: int, size: int) -> None:
-    """Copy `size` bytes: a reflink where the filesystem offers one, else the data extents
-    with copy_file_range (holes stay holes)."""
-    try:
-        fcntl.ioctl(dst, FICLONE, src)
-        return
-    except OSError:
-        pass
-    offset = 0
+def copy_file_data(src: int, dst: int, size: int, reflink: bool = True) -> bool:
+    """Copy `size` bytes into `dst` (empty, or `size` long already): a reflink where the
+    filesystem offers one, else the data extents with copy_file_range (holes stay holes).
+    Returns False once the filesystem has said it has no reflinks (EOPNOTSUPP), which a
+    caller passes back as `reflink` so as not to ask again for every file."""
+    if reflink:
+        try:
+            fcntl.ioctl(dst, FICLONE, src)
+            return True
+        except OSError as e:
+            reflink = e.errno != errno.EOPNOTSUPP
+    offset = end = 0
     while offset < size:
         try:
             data = os.lseek(src, offset, os.SEEK_DATA)
@@ -98,8 +102,11 @@ def copy_file_data(src: int, dst: int, size: int) -> None:
             if copied == 0:
                 break
             position += copied
+        end = position
         offset = hole
-    os.ftruncate(dst, size)
+    if end != size:     # a hole at the end
+        os.ftruncate(dst, size)
+    return reflink
 
 
 def _copy_range(src: int, dst: int, count: int, offset: int) -> int:
@@ -113,10 +120,13 @@ def _copy_range(src: int, dst: int, count: int, offset: int) -> int:
 
 
 def _keep_owner(chown: Callable[..., None], target: int | bytes, st: os.stat_result,
-                **kwargs: object) -> None:
-    """Give the copy its original owner. A mount without the right to (not root) cannot
-    copy up what another user owns: EOVERFLOW, which kernel overlayfs mounted in a user
-    namespace answers for an owner it cannot map."""
+                made_as: tuple[int, int], **kwargs: object) -> None:
+    """Give the copy its original owner, unless it was made with it (`made_as`: a chown
+    would change nothing on an object that has no set-ID bits or xattrs yet). A mount
+    without the right to (not root) cannot copy up what another user owns: EOVERFLOW,
+    which kernel overlayfs mounted in a user namespace answers for an owner it cannot map."""
+    if (st.st_uid, st.st_gid) == made_as:
+        return
     try:
         chown(target, st.st_uid, st.st_gid, **kwargs)
     except PermissionError:
@@ -124,15 +134,17 @@ def _keep_owner(chown: Callable[..., None], target: int | bytes, st: os.stat_res
 
 
 def _stage_regular(src: int, dst: int, st: os.stat_result, names: XattrNames, sync: bool,
-                   data: int | None, metacopy_prefix: bytes | None) -> None:
+                   data: int | None, metacopy_prefix: bytes | None, made_as: tuple[int, int],
+                   reflink: bool) -> bool:
     """Runs in a worker thread: everything that may take long. `src` gives the metadata,
     `data` (an fd) the data, if any; with `metacopy_prefix` the copy is metadata only:
-    the full size, no data, and the marker."""
+    the full size, no data, and the marker. `made_as` is the owner `dst` was made with;
+    `reflink` and the result as for copy_file_data."""
     if data is not None:
-        copy_file_data(data, dst, st.st_size)
+        reflink = copy_file_data(data, dst, st.st_size, reflink)
     elif metacopy_prefix is not None:
         os.ftruncate(dst, st.st_size)
-    _keep_owner(os.fchown, dst, st)    # first: a chown drops security.capability
+    _keep_owner(os.fchown, dst, st, made_as)    # first: a chown drops security.capability
     copy_xattrs(names, (src, None), (dst, None))
     if metacopy_prefix is not None:
         metacopy.mark(dst, metacopy_prefix)
@@ -140,6 +152,7 @@ def _stage_regular(src: int, dst: int, st: os.stat_result, names: XattrNames, sy
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
     if sync:
         os.fsync(dst)
+    return reflink
 
 
 class CopyUp:
@@ -154,13 +167,18 @@ class CopyUp:
         self.names = names
         self.prefix = tree.stack.xattr_prefix
         self.work = WorkDir(tree.stack.work_fd)
+        # The owner of what is made in the work dir: ours, but the dir's group if it is setgid.
+        work_st = os.stat(self.work.fd)
+        self.made_as = (os.geteuid(), work_st.st_gid if work_st.st_mode & stat.S_ISGID
+                        else os.getegid())
+        self.reflink = True         # until the upper filesystem says it has none
 
     def set_metadata(self, name: bytes, st: os.stat_result, xattrs_from: tuple[int, bytes | None]
                      | None = None) -> None:
         """Owner, mode, xattrs and times on an object staged in the work dir."""
         work = self.work.fd
         # The owner first: a chown drops security.capability (the kernel's copy-up keeps it).
-        _keep_owner(os.chown, name, st, dir_fd=work, follow_symlinks=False)
+        _keep_owner(os.chown, name, st, self.made_as, dir_fd=work, follow_symlinks=False)
         if xattrs_from is not None:
             copy_xattrs(self.names, xattrs_from, (work, name))
         if not stat.S_ISLNK(st.st_mode):
@@ -305,20 +323,22 @@ class CopyUp:
         costs more than the copy); a bigger one in a worker thread, and then only fds it
         owns cross the await."""
         with_data = with_data and not metadata_only
-        with OwnedFd(src), OwnedFd(open_in(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                                       self.work.fd)) as dst, \
-                OwnedFd(self.tree.open_lower_data(lower_data, os.O_RDONLY)
-                        if with_data and lower_data is not None else os.dup(src)) as data:
+        with contextlib.ExitStack() as owned:
+            owned.enter_context(OwnedFd(src))
+            dst = owned.enter_context(OwnedFd(open_in(
+                temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.work.fd)))
+            data = src if lower_data is None or not with_data else owned.enter_context(
+                OwnedFd(self.tree.open_lower_data(lower_data, os.O_RDONLY)))
             # A metadata-only copy holds no data to make durable, and a journalling upper
             # filesystem keeps its xattrs ahead of the rename that shows it: no fsync (as
             # the kernel's, short of fsync=strict), which would cost more than all the rest.
             sync = not (self.tree.stack.volatile or metadata_only)
             stage = (src, dst, st, self.names, sync, data if with_data else None,
-                     self.prefix if metadata_only else None)
+                     self.prefix if metadata_only else None, self.made_as, self.reflink)
             if st.st_size <= INLINE_COPY or not with_data:
-                _stage_regular(*stage)
+                self.reflink = _stage_regular(*stage)
             else:
-                await trio.to_thread.run_sync(_stage_regular, *stage)
+                self.reflink = await trio.to_thread.run_sync(_stage_regular, *stage)
             self.tree.origins.record((src, None), st.st_dev, (dst, None))
 
     async def _fill(self, node: Node, with_data: bool) -> None:
@@ -337,10 +357,10 @@ class CopyUp:
                 with OwnedFd(self.tree.open_lower_data(data, os.O_RDONLY)) as src:
                     capability = optional_attr(dst, CAPABILITY_XATTR)
                     if before.st_size <= INLINE_COPY:
-                        copy_file_data(src, dst, before.st_size)
+                        self.reflink = copy_file_data(src, dst, before.st_size, self.reflink)
                     else:
-                        await trio.to_thread.run_sync(copy_file_data, src, dst,
-                                                      before.st_size)
+                        self.reflink = await trio.to_thread.run_sync(
+                            copy_file_data, src, dst, before.st_size, self.reflink)
                 # Writing drops file capabilities and (unless root) set-ID bits.
                 if capability is not None and capability != optional_attr(dst, CAPABILITY_XATTR):
                     os.setxattr(dst, CAPABILITY_XATTR, capability)

@@ -20,7 +20,7 @@ from .layers import empty_directory
 from .syscalls import (RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, OwnedFd, open_dir_path,
                        open_in, open_path, proc_path, renameat2)
 from .tree import NAME_MAX, Found, Tree
-from .whiteout import is_reserved_name, is_whiteout, make_whiteout, set_opaque
+from .whiteout import Whiteouts, is_reserved_name, is_whiteout, set_opaque
 
 # (uid, gid, mode, what a default ACL of the parent passes on) of a new object
 Owner = tuple[int, int, int, acls.Inherited | None]
@@ -49,6 +49,7 @@ class Namespace:
         self.copy_up = copy_up
         self.work = copy_up.work
         self.prefix = tree.stack.xattr_prefix
+        self.whiteouts = Whiteouts()
         self.euid, self.egid = os.geteuid(), os.getegid()
         self.umask = os.umask(0o022)
         os.umask(self.umask)
@@ -84,13 +85,24 @@ class Namespace:
                 mode &= ~caller.umask
         return caller.uid, gid, mode, inherited
 
+    def _chowned(self, uid: int, gid: int) -> bool:
+        return (uid, gid) != (self.euid, self.egid)
+
+    def _needs_chmod(self, mode: int, chowned: bool, inherited: acls.Inherited | None) -> bool:
+        """Whether an object made with `mode` must be given it again: bits the creation may
+        have dropped (the umask's, setgid, which mkdir takes from the parent, not the mode,
+        and setuid once chowned), or the mode an ACL limits."""
+        dropped = self.umask | stat.S_ISGID | (stat.S_ISUID if chowned else 0)
+        return not stat.S_ISLNK(mode) and bool(stat.S_IMODE(mode) & dropped
+                                                or inherited is not None)
+
     def _set_owner(self, temp: bytes, uid: int, gid: int, mode: int,
                    inherited: acls.Inherited | None) -> None:
         """Owner, mode and ACLs of a new object in the work dir. It was made with its mode
         already: a chown (which clears setuid bits), the umask or an ACL may call for a chmod
         after it."""
         work = self.work.fd
-        chowned = (uid, gid) != (self.euid, self.egid)
+        chowned = self._chowned(uid, gid)
         if chowned:
             os.chown(temp, uid, gid, dir_fd=work, follow_symlinks=False)
         if inherited is not None:
@@ -99,11 +111,17 @@ class Namespace:
                                 (acls.DEFAULT, inherited.default)):
                 if value is not None:
                     os.setxattr(path, name, value, follow_symlinks=False)
-        # Bits the creation may have dropped: the umask's, setgid (mkdir takes it from the
-        # parent, not the mode), and setuid once chowned; or the mode an ACL limits.
-        dropped = self.umask | stat.S_ISGID | (stat.S_ISUID if chowned else 0)
-        if not stat.S_ISLNK(mode) and (stat.S_IMODE(mode) & dropped or inherited is not None):
+        if self._needs_chmod(mode, chowned, inherited):
             os.chmod(temp, stat.S_IMODE(mode), dir_fd=work)
+
+    def _made_whole(self, owner: Owner | None) -> bool:
+        """Whether a non-directory made with `owner` is finished by the call that makes it:
+        no chown, ACL or chmod follows (and `owner` None sets nothing)."""
+        if owner is None:
+            return True
+        uid, gid, mode, inherited = owner
+        chowned = self._chowned(uid, gid)
+        return not chowned and not self._needs_chmod(mode, chowned, inherited)
 
     def _place(self, parent: Node, name: bytes, make: Callable[[int, bytes], None],
                owner: Owner | None, directory: bool = False
@@ -111,8 +129,20 @@ class Namespace:
         """Make an object in the work dir, give it its owner, and move it to `name` in the
         upper copy of `parent`, replacing a whiteout there. `owner` comes from `_owner`.
         Returns its stat, and whether it replaced a whiteout (a directory then is opaque).
-        The caller has checked the name."""
+        The caller has checked the name.
+
+        A non-directory that one call makes whole is made in place, as the kernel does in
+        the upper dir: no one can see it half made, and the staging's create and rename
+        cost more than the create alone. Where a whiteout holds the name it is staged."""
         self.copy_up.directory(parent)
+        if not directory and self._made_whole(owner):
+            upper_fd = self.tree.dir_fd(parent, self.upper)
+            try:
+                make(upper_fd, name)
+            except FileExistsError:
+                pass        # a whiteout to replace (or a name taken meanwhile): as below
+            else:
+                return os.stat(name, dir_fd=upper_fd, follow_symlinks=False), False
         work = self.work.fd
         temp = self.work.temp_name()
         make(work, temp)
@@ -273,7 +303,7 @@ class Namespace:
         needs_whiteout = self.tree.lower_positive(parent, name)
         if not in_upper:
             if needs_whiteout:
-                make_whiteout(upper_fd, name)
+                self.whiteouts.make(upper_fd, name)
             return
         upper_st = os.stat(name, dir_fd=upper_fd, follow_symlinks=False)
         if needs_whiteout or stat.S_ISDIR(upper_st.st_mode):
@@ -281,7 +311,7 @@ class Namespace:
             # in one atomic step, then clean up in the work dir.
             temp = self.work.temp_name()
             if needs_whiteout:
-                make_whiteout(self.work.fd, temp)
+                self.whiteouts.make(self.work.fd, temp)
                 renameat2(self.work.fd, temp, upper_fd, name, RENAME_EXCHANGE)
             else:
                 renameat2(upper_fd, name, self.work.fd, temp, RENAME_NOREPLACE)
@@ -459,7 +489,7 @@ class Namespace:
                 renameat2(old_fd, old_name, new_fd, new_name, RENAME_WHITEOUT)
             except PermissionError:
                 renameat2(old_fd, old_name, new_fd, new_name)
-                make_whiteout(old_fd, old_name)
+                self.whiteouts.make(old_fd, old_name)
         else:
             renameat2(old_fd, old_name, new_fd, new_name)
         table = self.tree.table

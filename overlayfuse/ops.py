@@ -39,7 +39,7 @@ log = logging.getLogger("overlayfuse")
 OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_DIRECT | os.O_NOCTTY
 COPY_UP_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
 # A file no larger than this (one readahead unit) is read in the request's own task even
-# when its data must come from the disk.
+# when its data must come from the disk; nor does a larger readahead window help it.
 INLINE_READ = 128 << 10
 
 
@@ -68,7 +68,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class OpenFile:
-    __slots__ = ("node", "fd", "layer", "direct", "retired", "atime_due")
+    __slots__ = ("node", "fd", "layer", "direct", "retired", "atime_due", "size")
 
     def __init__(self, node: Node, fd: int, layer: Layer, direct: bool) -> None:
         self.node = node
@@ -77,6 +77,9 @@ class OpenFile:
         self.direct = direct            # opened O_DIRECT: its writes bypass the page cache
         self.retired: list[int] = []    # fds replaced after a copy-up, closed at release
         self.atime_due = False          # a read must move the upper file's atime itself
+        # The size of the file `fd` reads where it cannot change (a lower file's, known
+        # from the lookup): a short read then needs no fstat to tell the end of the file.
+        self.size: int | None = None
 
     def close(self) -> None:
         for fd in (self.fd, *self.retired):
@@ -391,6 +394,7 @@ class Operations(pyfuse3.Operations):
         atime = self.tree.stack.atime
         keep_cache = True
         atime_due = False
+        size = None
         if node.lower_data is not None:
             # A metadata-only copy opened for reading: its data is the lower file's, and its
             # reads move the upper file's atime, as the kernel's do.
@@ -406,11 +410,16 @@ class Operations(pyfuse3.Operations):
         else:
             # Reads through the overlay leave a lower file's atime alone, as in the kernel.
             fd = open_noatime(node.name, flags, self.tree.parent_fd(node))
+            if node.lower_st is not None:
+                size = self.tree.stat(node).st_size
         if flags & os.O_TRUNC and _kill_suidgid(ctx) and clear_setid(fd):
             _invalidate_attrs(node)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)    # a larger readahead
+        if flags & os.O_ACCMODE != os.O_WRONLY and (size is None or size > INLINE_READ):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)    # a larger readahead
         fh = self._add_file(node, fd, direct)
-        self._files[fh].atime_due = atime_due
+        handle = self._files[fh]
+        handle.atime_due = atime_due
+        handle.size = size
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
     @_edge
@@ -471,7 +480,7 @@ class Operations(pyfuse3.Operations):
                 raise
             got = _read_into(handle.fd, memoryview(buffer), off)
         if got < size:
-            end = os.fstat(handle.fd).st_size
+            end = handle.size if handle.size is not None else os.fstat(handle.fd).st_size
             if off + got >= end:
                 return memoryview(buffer)[:got]
             rest = memoryview(buffer)[got:min(size, end - off)]
@@ -498,7 +507,7 @@ class Operations(pyfuse3.Operations):
         fd = open_in(handle.node.name, os.O_RDONLY, self.tree.parent_fd(handle.node))
         # Not closed yet: a read of this handle may still be using it in a worker thread.
         handle.retired.append(handle.fd)
-        handle.fd, handle.layer = fd, handle.node.top_layer
+        handle.fd, handle.layer, handle.size = fd, handle.node.top_layer, None
 
     @_edge
     async def flush(self, fh: int) -> None:

@@ -105,6 +105,7 @@ def test_unexpected_exceptions_become_eio_and_the_daemon_goes_on(make_stack, inj
                                                                  tmp_path: Path) -> None:
     lower = {"p/poison-link": "symlink:target", "p/poison-dir/x": "file:x",
              "p/poison-unlink": "file:stays", "p/poison-rename": "file:not moved",
+             "p/poison-create": "file:whited out",
              "g/good-link": "symlink:elsewhere", "g/dir/y": "file:y", "g/f": "file:f",
              "g/other": "file:other"}
     stack = make_stack([lower])
@@ -135,6 +136,9 @@ def test_unexpected_exceptions_become_eio_and_the_daemon_goes_on(make_stack, inj
                 "rename": errno_of(lambda: os.rename(p / "poison-rename", p / "renamed")),
             }
 
+        # A create over a whiteout is staged in the work dir (elsewhere a file is made in
+        # place): the injected bug comes after the staging.
+        os.unlink(p / "poison-create")
         before = view()
         assert poisoned() == {site: errno.EIO for site in SITES}
         assert process.poll() is None
